@@ -1,0 +1,162 @@
+"""Causal language modelling (GPT): next-token prediction, generation with a KV cache.
+
+Train the tiny variant on the offline default corpus (Python's standard library sources and
+pydoc topics, byte-level tokens) on a laptop CPU, then sample from it:
+
+    python -m fmjax.main --config experiments/gpt.py:tiny --workdir /tmp/gpt_tiny
+    python -m fmjax.generate --workdir /tmp/gpt_tiny --prompt "def " --max_new_tokens 200
+
+Variants (`get_config(arg)`):
+  tiny         ~0.8M params, seq 128, batch 32, 600 steps. Laptop CPU (2 cores): about 3 min
+               including the one-off corpus build. Measured: validation loss 1.46 nats/byte
+               (bits per byte 2.1) at step 600, down from 5.6 at init; samples look like
+               indented Python with plausible keywords.
+  small        ~10M params, seq 512, batch 64, SentencePiece 8k vocab. One GPU, ~20 min.
+  gpt2         124M params (GPT-2 small), seq 1024, batch 512 (32 x 16 accumulation is an
+               option on one GPU: --config.train.grad_accum_steps=16). Target topology v5e:4x4.
+  gpt2-medium  350M params, seq 1024, batch 512. Target topology v5e:4x4.
+
+Any field can be overridden: --config.train.steps=100 --config.model.num_layers=4.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  config = base_config()
+  if arg not in VARIANTS:
+    raise ValueError(f"experiments/gpt.py: unknown variant {arg!r}; choose one of {sorted(VARIANTS)}")
+  VARIANTS[arg](config)
+  config.variant = arg
+  return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.objective = "causal_lm"
+  c.variant = ""
+  c.seed = 0
+  c.topology = ""                   # TPU topology this config is sized for (AOT compile target)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "default"        # 'default' (offline corpus) or a prepared tfds catalog name
+  c.data.data_dir = ""              # tfds data dir; '' = $FMJAX_DATA_DIR or ~/tensorflow_datasets
+  c.data.files = ""                 # glob of the user's text files; overrides `dataset`
+  c.data.eval_files = ""            # glob of validation files; '' = held-out tail of `files`
+  c.data.eval_fraction = 0.05       # held-out fraction when eval_files is empty
+  c.data.text_key = "text"          # feature holding the text in a catalog dataset
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.tokenizer = "byte"         # 'byte' or 'sentencepiece'
+  c.data.vocab_size = 0             # sentencepiece only: size of the trained vocabulary
+  c.data.tokenizer_dir = ""         # where a trained tokenizer is cached; '' = next to the data
+  c.data.seq_len = 128              # tokens the model sees per sequence
+  c.data.segment_ids = True         # attention does not cross packed documents
+  c.data.shuffle = True
+  c.data.eval_batches = 8           # fixed validation set: this many global batches
+  c.data.prefetch = 2               # batches prepared ahead of the step, in a thread
+
+  c.model = ml_collections.ConfigDict()
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.embed_dim = 128
+  c.model.mlp_dim = 512
+  c.model.dropout = 0.0
+  c.model.positions = "learned"     # 'learned' or 'rotary'
+  c.model.tie_embeddings = True
+  c.model.dtype = "float32"         # compute dtype: 'float32' or 'bfloat16' (params stay float32)
+  c.model.attention = "auto"        # 'auto' (cudnn on GPU, xla elsewhere), 'xla' or 'cudnn'
+  c.model.scan_layers = False
+  c.model.remat = "none"            # 'none', 'full', 'dots' (save matmul outputs)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 50
+  c.optim.decay = "cosine"          # 'cosine', 'linear' or 'constant' after warmup
+  c.optim.end_lr_fraction = 0.1
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.1
+  c.optim.grad_clip_norm = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 600
+  c.train.batch_size = 32           # global, across all devices and hosts
+  c.train.grad_accum_steps = 1      # micro-batches per step
+  c.train.log_every = 25
+  c.train.eval_every = 200
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 200
+  c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
+  c.checkpoint.init_from = ""       # a workdir whose latest params seed this run (fine-tuning)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                  # -1: the devices left after fsdp and tensor
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.bench = ml_collections.ConfigDict()
+  c.bench.steps = 10
+  c.bench.warmup_steps = 3
+  return c
+
+
+def _tiny(c):
+  pass  # the base config is the tiny one
+
+
+def _small(c):
+  c.data.tokenizer = "sentencepiece"
+  c.data.vocab_size = 8192
+  c.data.seq_len = 512
+  c.model.num_layers = 6
+  c.model.num_heads = 6
+  c.model.embed_dim = 384
+  c.model.mlp_dim = 1536
+  c.model.positions = "rotary"
+  c.model.dtype = "bfloat16"
+  c.model.dropout = 0.0
+  c.optim.learning_rate = 1e-3
+  c.optim.warmup_steps = 200
+  c.train.steps = 5000
+  c.train.batch_size = 64
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.checkpoint.every = 1000
+  c.data.eval_batches = 16
+
+
+def _gpt2(c, layers=12, heads=12, dim=768):
+  c.data.tokenizer = "sentencepiece"
+  c.data.vocab_size = 50304          # GPT-2's 50257 rounded up to a multiple of 128
+  c.data.seq_len = 1024
+  c.model.num_layers = layers
+  c.model.num_heads = heads
+  c.model.embed_dim = dim
+  c.model.mlp_dim = 4 * dim
+  c.model.dtype = "bfloat16"
+  c.model.scan_layers = True
+  c.model.remat = "dots"
+  c.optim.learning_rate = 6e-4
+  c.optim.warmup_steps = 2000
+  c.optim.weight_decay = 0.1
+  c.train.steps = 100_000
+  c.train.batch_size = 512
+  c.train.log_every = 100
+  c.train.eval_every = 2000
+  c.checkpoint.every = 2000
+  c.data.eval_batches = 20
+  c.mesh.fsdp = -1                   # shard params and optimizer state across all chips
+  c.mesh.data = 1
+  c.topology = "v5e:4x4"
+
+
+def _gpt2_medium(c):
+  _gpt2(c, layers=24, heads=16, dim=1024)
+  c.optim.learning_rate = 3e-4
+
+
+VARIANTS = {"tiny": _tiny, "small": _small, "gpt2": _gpt2, "gpt2-medium": _gpt2_medium}
