@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.positions = "learned"     # 'learned' or 'rotary'
   c.model.tie_embeddings = True
+  c.model.vocab_multiple = 128      # pad the embedding table so it shards and tiles evenly
   c.model.dtype = "float32"         # compute dtype: 'float32' or 'bfloat16' (params stay float32)
   c.model.attention = "auto"        # 'auto' (cudnn on GPU, xla elsewhere), 'xla' or 'cudnn'
   c.model.scan_layers = False

@@ -1,0 +1,88 @@
+"""Orbax checkpoints of a run: params, optimizer state, step/rng, data-iterator state, config.
+
+Each part is its own item, so fine-tuning (`init_from`) and inference restore params alone.
+Saves are asynchronous: `save` returns once arrays are copied to host, files are written in the
+background and renamed into place when complete, so a half-written step (`*.orbax-checkpoint-tmp`)
+is never taken as the latest. Every host calls every method (Orbax coordinates multi-host writes).
+"""
+
+import os
+from typing import Any, Optional
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+class Checkpointer:
+  def __init__(self, workdir: str, *, keep: int, async_save: bool = True, read_only: bool = False):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
+        read_only=read_only)
+    self.directory = checkpoint_dir(workdir)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: dict, data_iterator: Any, config_dict: dict) -> None:
+    items = dict(
+        params=ocp.args.StandardSave(state["params"]),
+        opt_state=ocp.args.StandardSave(state["opt_state"]),
+        train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
+        config=ocp.args.JsonSave(config_dict))
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, step: int, abstract_state: dict, data_iterator: Any) -> dict:
+    """The full train state at `step` onto the shardings of `abstract_state` (any mesh), and the
+    data iterator moved to where it was."""
+    items = dict(
+        params=ocp.args.StandardRestore(abstract_state["params"]),
+        opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
+        train=ocp.args.StandardRestore({"step": abstract_state["step"], "rng": abstract_state["rng"]}))
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return {"params": restored["params"], "opt_state": restored["opt_state"],
+            "step": restored["train"]["step"], "rng": restored["train"]["rng"]}
+
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    restored = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+    return restored["params"]
+
+  def restore_config(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def latest_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
+  """Params of the newest complete checkpoint in another run's workdir (fine-tuning, inference)."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    raise FileNotFoundError(f"no checkpoints in {checkpoint_dir(workdir)}: is {workdir!r} the workdir of a run?")
+  ckpt = Checkpointer(workdir, keep=1, async_save=False, read_only=True)
+  step = ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no complete checkpoint")
+  try:
+    return ckpt.restore_params(step, abstract_params), step
+  finally:
+    ckpt.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStruct targets carrying the shardings to restore onto."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -1,0 +1,18 @@
+"""Registry of paradigms: `get(config.objective)` returns the objective that trains it."""
+
+from fmjax.objectives.base import Objective
+
+
+def _causal_lm():
+  from fmjax.objectives.causal_lm import CausalLm
+  return CausalLm()
+
+
+# Lazy constructors: importing one paradigm never pulls in another's dependencies.
+REGISTRY = {"causal_lm": _causal_lm}
+
+
+def get(name: str) -> Objective:
+  if name not in REGISTRY:
+    raise ValueError(f"config.objective={name!r}: choose one of {sorted(REGISTRY)}")
+  return REGISTRY[name]()

@@ -1,0 +1,72 @@
+"""The seam between the shared trainer and a paradigm.
+
+An objective owns what is truly different about a paradigm: its assets (a tokenizer, ...), its
+model, how raw examples become batches, its loss and evaluation metrics, and its FLOP count. The
+trainer (`fmjax.train`) knows nothing else: adding a paradigm is a new subclass in its own
+module, registered in `fmjax.objectives`, plus a config file.
+"""
+
+import abc
+from typing import Any, Iterator, Mapping
+
+import jax
+from flax import nnx
+
+Batch = Mapping[str, Any]
+
+
+class Objective(abc.ABC):
+  name: str = ""
+  unit: str = "examples"  # what throughput counts ('tokens' for language models)
+
+  def validate(self, config) -> None:
+    """Raise ValueError naming the field for model/data settings this objective cannot use.
+    Called before anything is built or compiled."""
+
+  @abc.abstractmethod
+  def prepare_assets(self, config, workdir: str | None) -> Any:
+    """Build (or load) what model and data share, e.g. a tokenizer; save a copy into `workdir`
+    (process 0 only) so inference can reload it from the run alone."""
+
+  @abc.abstractmethod
+  def load_assets(self, config, workdir: str) -> Any:
+    """The assets a finished run saved, for inference."""
+
+  @abc.abstractmethod
+  def make_model(self, config, assets, rngs: nnx.Rngs) -> nnx.Module:
+    ...
+
+  @abc.abstractmethod
+  def train_data(self, config, assets, *, process_index: int, process_count: int) -> Any:
+    """A checkpointable iterator (grain) of host-local numpy batches, endless."""
+
+  @abc.abstractmethod
+  def eval_data(self, config, assets, *, process_index: int, process_count: int) -> list:
+    """The fixed validation set: host-local numpy batches, the same every evaluation."""
+
+  @abc.abstractmethod
+  def synthetic_batch(self, config, assets, batch_size: int) -> dict:
+    """A batch of random data with the shapes of real ones (benchmarks, AOT compilation)."""
+
+  @abc.abstractmethod
+  def loss(self, model: nnx.Module, batch: Batch, dropout_rng: jax.Array | None) -> tuple[jax.Array, dict]:
+    """(scalar loss to minimise, {name: value} metrics for logging)."""
+
+  @abc.abstractmethod
+  def eval_sums(self, model: nnx.Module, batch: Batch) -> dict:
+    """Additive statistics of one validation batch (sums and counts), summed over batches."""
+
+  @abc.abstractmethod
+  def eval_metrics(self, sums: Mapping[str, float]) -> dict:
+    """Final validation metrics from the summed statistics, keys prefixed 'eval/'."""
+
+  @abc.abstractmethod
+  def units_per_example(self, config) -> int:
+    ...
+
+  @abc.abstractmethod
+  def flops_per_example(self, config, assets) -> float:
+    """Training FLOPs (forward + backward) per example, for MFU."""
+
+  def param_count(self, config, assets) -> int | None:
+    return None

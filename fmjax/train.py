@@ -1,0 +1,295 @@
+"""The one training loop every paradigm shares.
+
+    config -> mesh -> objective assets -> sharded state -> jit(train_step), compiled once
+           -> loop: step, log (the only host syncs), evaluate, checkpoint (async), SIGTERM-safe
+
+What differs between paradigms is behind `fmjax.objectives.Objective`; nothing here names one.
+The train step is a pure function of (state, batch): the model's graph definition is closed
+over, parameters and optimizer state are plain pytrees sharded by `fmjax.parallel` rules.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fmjax import checkpointing, config_checks, metrics as metrics_lib, objectives, optim, parallel
+
+
+@dataclasses.dataclass
+class Setup:
+  """What a run needs before its first step: built once, cheap (no arrays allocated)."""
+  config: Any
+  mesh: jax.sharding.Mesh
+  objective: objectives.Objective
+  assets: Any
+  graphdef: Any
+  tx: optax.GradientTransformation
+  schedule: Callable
+  abstract_state: dict           # ShapeDtypeStructs carrying their shardings
+  state_shardings: dict
+
+
+def validate(config, objective: objectives.Objective) -> None:
+  config_checks.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+  objective.validate(config)
+
+
+def _check_param_sharding(abstract_params, specs, mesh) -> None:
+  """Every sharded parameter dimension must divide by its mesh axes (a config error, not a
+  crash inside XLA)."""
+  def check(path, x, spec):
+    for dim, axes in zip(x.shape, tuple(spec) + (None,) * (len(x.shape) - len(spec))):
+      if axes is None:
+        continue
+      size = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+      if dim % size:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        raise config_checks.ConfigError(
+            f"parameter {name} of shape {x.shape} does not divide over mesh axes {axes} (size {size}); "
+            f"change config.model sizes or config.mesh")
+  jax.tree_util.tree_map_with_path(check, abstract_params, specs, is_leaf=lambda s: isinstance(s, P))
+
+
+def build(config, objective: objectives.Objective, assets, mesh) -> Setup:
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(parallel.LOGICAL_RULES):
+    abstract_model = nnx.eval_shape(lambda: objective.make_model(config, assets, nnx.Rngs(config.seed)))
+    graphdef, abstract_model_state = nnx.split(abstract_model)
+    specs = nnx.get_partition_spec(abstract_model_state).to_pure_dict()
+  abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                 abstract_model_state.to_pure_dict())
+  _check_param_sharding(abstract_params, specs, mesh)
+  param_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))
+  replicated = NamedSharding(mesh, P())
+
+  tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  # Optimizer moments shard like their parameters (jit would otherwise replicate them).
+  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
+                                        transform_non_params=lambda _: replicated,
+                                        is_leaf=lambda x: isinstance(x, NamedSharding))
+  state_shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": replicated,
+                     "rng": replicated}
+  abstract_state = {"params": abstract_params, "opt_state": abstract_opt,
+                    "step": jax.ShapeDtypeStruct((), jnp.int32), "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
+  abstract_state = checkpointing.abstract_like(abstract_state, state_shardings)
+  return Setup(config, mesh, objective, assets, graphdef, tx, schedule, abstract_state, state_shardings)
+
+
+def init_state(setup: Setup) -> dict:
+  config, objective = setup.config, setup.objective
+
+  def init():
+    with nnx.logical_axis_rules(parallel.LOGICAL_RULES):
+      model = objective.make_model(config, setup.assets, nnx.Rngs(config.seed))
+    params = nnx.state(model).to_pure_dict()
+    return {"params": params, "opt_state": setup.tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.PRNGKey(config.seed + 1)}
+
+  with jax.set_mesh(setup.mesh):
+    return jax.jit(init, out_shardings=setup.state_shardings)()
+
+
+def _micro_batches(batch, accum_steps: int):
+  """(B, ...) -> (A, B/A, ...), micro-batch a = rows a, a+A, a+2A...: every device holds an equal
+  share of every micro-batch, so no micro-batch lives on a subset of the mesh."""
+  def split(x):
+    x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:]).swapaxes(0, 1)
+    return parallel.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(setup: Setup) -> Callable:
+  objective, graphdef, tx, schedule = setup.objective, setup.graphdef, setup.tx, setup.schedule
+  accum_steps = setup.config.train.grad_accum_steps
+
+  def grads_and_metrics(params, batch, rng):
+    def loss_fn(p):
+      return objective.loss(nnx.merge(graphdef, p), batch, rng)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, metrics
+
+  def train_step(state, batch):
+    params = state["params"]
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    if accum_steps == 1:
+      grads, metrics = grads_and_metrics(params, batch, rng)
+    else:
+      def accumulate(carry, xs):
+        micro, index = xs
+        out = grads_and_metrics(params, micro, jax.random.fold_in(rng, index))
+        return jax.tree.map(jnp.add, carry, out), None
+      micro = _micro_batches(batch, accum_steps)
+      first = jax.tree.map(lambda x: x[0], micro)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                           jax.eval_shape(grads_and_metrics, params, first, rng))
+      total, _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum_steps)))
+      # Mean over micro-batches of each micro-batch's mean loss.
+      grads, metrics = jax.tree.map(lambda x: x / accum_steps, total)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
+                 "step": state["step"] + 1, "rng": state["rng"]}
+    metrics = {f"train/{k}": v for k, v in metrics.items()}
+    metrics["train/grad_norm"] = optax.global_norm(grads)
+    metrics["train/learning_rate"] = schedule(state["step"])
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(setup: Setup) -> Callable:
+  objective, graphdef = setup.objective, setup.graphdef
+  return lambda params, batch: objective.eval_sums(nnx.merge(graphdef, params), batch)
+
+
+def jit_train_step(setup: Setup, batch_example) -> Any:
+  batch_shardings = jax.tree.map(lambda x: parallel.batch_sharding(setup.mesh, np.ndim(x)), batch_example)
+  return jax.jit(make_train_step(setup), in_shardings=(setup.state_shardings, batch_shardings),
+                 out_shardings=(setup.state_shardings, NamedSharding(setup.mesh, P())),
+                 donate_argnums=(0,))
+
+
+def evaluate(setup: Setup, eval_step, params, eval_batches) -> dict:
+  """Sum the objective's statistics over the fixed validation set; one host sync at the end."""
+  sums = None
+  for batch in eval_batches:
+    out = eval_step(params, batch)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = {k: float(v) for k, v in jax.device_get(sums).items()}
+  return setup.objective.eval_metrics(sums)
+
+
+class _Preemption:
+  """SIGTERM (preemptible TPU VMs, schedulers) asks the loop to save and stop at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, as in tests run from threads
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_metrics(history: list) -> dict:
+  host = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def train_and_evaluate(config, workdir: str, *, log: Optional[Callable[[str], None]] = None) -> dict:
+  """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the last logged
+  train metrics merged with the last evaluation."""
+  objective = objectives.get(config.objective)
+  validate(config, objective)
+  is_main = jax.process_index() == 0
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh(config.mesh)
+  assets = objective.prepare_assets(config, workdir)
+  setup = build(config, objective, assets, mesh)
+  config_dict = config.to_dict()
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config_dict, f, indent=2, sort_keys=True)
+
+  writer = metrics_lib.MetricsWriter(workdir, config.train.steps, enabled=is_main)
+  say = log or writer.message
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  train_iter = iter(objective.train_data(config, assets, process_index=jax.process_index(),
+                                         process_count=jax.process_count()))
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = ckpt.restore(latest, setup.abstract_state, train_iter)
+    say(f"resumed from {ckpt.directory} at step {latest}")
+  else:
+    state = init_state(setup)
+    if config.checkpoint.init_from:
+      params, from_step = checkpointing.latest_params(config.checkpoint.init_from, setup.abstract_state["params"])
+      state["params"] = params
+      say(f"params initialised from {config.checkpoint.init_from} (step {from_step})")
+
+  eval_batches = [parallel.global_batch(b, mesh) for b in
+                  objective.eval_data(config, assets, process_index=jax.process_index(),
+                                      process_count=jax.process_count())]
+  eval_step = jax.jit(make_eval_step(setup))
+
+  step = int(jax.device_get(state["step"]))
+  total = config.train.steps
+  units_per_step = objective.units_per_example(config) * config.train.batch_size
+  throughput = metrics_lib.Throughput(units_per_step, objective.flops_per_example(config, assets) * config.train.batch_size,
+                                      jax.device_count())
+  n_params = objective.param_count(config, assets)
+  say(f"{objective.name}: {n_params or 0:,} params, mesh {dict(mesh.shape)}, "
+      f"{jax.device_count()} devices on {jax.process_count()} processes, steps {step} -> {total}")
+
+  result: dict = {}
+  history: list = []
+  last_eval: dict = {}
+  compiled = None
+  with _Preemption() as preemption, jax.set_mesh(mesh):
+    throughput.start(step)
+    while step < total:
+      batch = parallel.global_batch(next(train_iter), mesh)
+      if compiled is None:
+        t0 = time.perf_counter()
+        compiled = jit_train_step(setup, batch).lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        writer.write(step, {"perf/compile_time_s": compile_s})
+        say(f"compiled the train step in {compile_s:.1f} s")
+        throughput.start(step)
+      state, step_metrics = compiled(state, batch)
+      history.append(step_metrics)
+      step += 1
+
+      values = {}
+      if step % config.train.log_every == 0 or step == total:
+        values = _mean_metrics(history)  # the host sync of this interval
+        history = []
+        values.update(throughput.measure(step))
+      if _is_eval_step(config, step, total):
+        t0 = time.perf_counter()
+        last_eval = evaluate(setup, eval_step, state["params"], eval_batches)
+        throughput.exclude(time.perf_counter() - t0)
+        values.update(last_eval)
+      if values:
+        writer.write(step, values)
+        if "train/loss" in values:
+          writer.progress(step, values, values.get("perf/step_time_s", 0.0) * (total - step))
+        result.update(values)
+
+      preempted = (ckpt.manager.reached_preemption(step) if jax.process_count() > 1 else preemption.requested)
+      if step % config.checkpoint.every == 0 or step == total or preempted:
+        t0 = time.perf_counter()
+        ckpt.save(step, state, train_iter, config_dict)
+        throughput.exclude(time.perf_counter() - t0)
+      if preempted:
+        say(f"preempted: saved step {step} to {ckpt.directory}; run the same command to resume")
+        break
+
+  ckpt.close()
+  writer.close()
+  result["step"] = step
+  return result
+
+
+def _is_eval_step(config, step: int, total: int) -> bool:
+  return bool(config.train.eval_every and step % config.train.eval_every == 0) or step == total
