@@ -45,6 +45,6 @@ def load_run(workdir: str, expect_objective: str | None = None) -> LoadedRun:
   graphdef, abstract_state = nnx.split(abstract)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   targets = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                         abstract_state.to_pure_dict())
+                         nnx.to_pure_dict(abstract_state))
   params, step = checkpointing.latest_params(workdir, targets)
   return LoadedRun(config, objective, assets, nnx.merge(graphdef, params), step)

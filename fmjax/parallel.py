@@ -26,6 +26,7 @@ LOGICAL_RULES = (
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("kv", None),
+    ("act_embed", None),             # activations keep their feature dim whole (params use "embed")
     ("length", None),
     ("layers", None),
 )

@@ -52,9 +52,9 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray,
   return tokens, starts
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "vocab_limit"))
-def _decode(graphdef, params, tokens_BxP, starts_B, rng, temperature, top_p, eos_id, *,
-            max_new_tokens, top_k, vocab_limit):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "top_p", "vocab_limit"))
+def _decode(graphdef, params, tokens_BxP, starts_B, rng, temperature, eos_id, *,
+            max_new_tokens, top_k, top_p, vocab_limit):
   model = nnx.merge(graphdef, params)
   batch, prompt_len = tokens_BxP.shape
   length = prompt_len + max_new_tokens
@@ -115,8 +115,8 @@ def generate_ids(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new
   tokens, starts = left_pad(prompts, pad_id)
   graphdef, params = nnx.split(model)
   out, steps = _decode(graphdef, params, jnp.asarray(tokens), jnp.asarray(starts), jax.random.PRNGKey(seed),
-                       jnp.float32(temperature), jnp.float32(top_p), jnp.int32(eos_id),
-                       max_new_tokens=max_new_tokens, top_k=top_k, vocab_limit=vocab_limit)
+                       jnp.float32(temperature), jnp.int32(eos_id),
+                       max_new_tokens=max_new_tokens, top_k=top_k, top_p=float(top_p), vocab_limit=vocab_limit)
   out = np.asarray(out)[:, :int(steps)]
   results = []
   for row in out:

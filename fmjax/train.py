@@ -64,9 +64,9 @@ def build(config, objective: objectives.Objective, assets, mesh) -> Setup:
   with jax.set_mesh(mesh), nnx.logical_axis_rules(parallel.LOGICAL_RULES):
     abstract_model = nnx.eval_shape(lambda: objective.make_model(config, assets, nnx.Rngs(config.seed)))
     graphdef, abstract_model_state = nnx.split(abstract_model)
-    specs = nnx.get_partition_spec(abstract_model_state).to_pure_dict()
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_model_state))
   abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                 abstract_model_state.to_pure_dict())
+                                 nnx.to_pure_dict(abstract_model_state))
   _check_param_sharding(abstract_params, specs, mesh)
   param_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))
   replicated = NamedSharding(mesh, P())
@@ -91,7 +91,7 @@ def init_state(setup: Setup) -> dict:
   def init():
     with nnx.logical_axis_rules(parallel.LOGICAL_RULES):
       model = objective.make_model(config, setup.assets, nnx.Rngs(config.seed))
-    params = nnx.state(model).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(model))
     return {"params": params, "opt_state": setup.tx.init(params), "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.PRNGKey(config.seed + 1)}
 

@@ -11,4 +11,5 @@ from fmjax.data.tokenizers import load_tokenizer
 from fmjax.data.tokenizers import make_tokenizer
 from fmjax.data.tokenizers import save_tokenizer
 from fmjax.data.tokenizers import SentencePieceTokenizer
+from fmjax.data.tokenizers import StandInTokenizer
 from fmjax.data.tokenizers import Tokenizer

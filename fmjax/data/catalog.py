@@ -28,7 +28,7 @@ def open_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise _not_prepared(name, data_dir, "no such tfds dataset, and no prepared copy") from None
+    raise _not_prepared(name, data_dir, "not a tfds catalog name (check the spelling) and no prepared copy") from None
   except ValueError as e:  # e.g. an unknown config or version
     raise ValueError(f"config.data.dataset={name!r}: {e}") from None
   if not builder.is_prepared():

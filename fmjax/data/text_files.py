@@ -97,23 +97,30 @@ class FmjaxTextFiles(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {"train": self._generate_examples("train"), "validation": self._generate_examples("validation")}
+    config: TextFilesConfig = self.builder_config
+    # tfds cannot write a split without examples, so an empty one is left out (sources.py
+    # reads a missing split of this builder as empty). Costs one extra read of the files.
+    splits = [s for s in ("train", "validation") if any(text for _, text in _split_texts(config, s))]
+    if "train" not in splits:
+      raise ValueError(f"config.data.files: the matched files {list(config.files)} hold no text to train on.")
+    return {split: self._generate_examples(split) for split in splits}
 
   def _generate_examples(self, split: str):
-    config: TextFilesConfig = self.builder_config
-    if config.eval_files:
-      for path in config.files if split == "train" else config.eval_files:
-        yield from _records(path, _read(path), split)
-      return
-    for path in config.files:
-      text = _read(path)
-      cut = text_chunks.tail_cut(text, config.eval_fraction)
-      yield from _records(path, text[:cut] if split == "train" else text[cut:], split)
+    for path, text in _split_texts(self.builder_config, split):
+      for part, piece in enumerate(text_chunks.split_at_lines(text)):
+        yield f"{split}:{path}#{part}", {"text": piece, "id": path, "part": part}
 
 
-def _records(path: str, text: str, split: str):
-  for part, piece in enumerate(text_chunks.split_at_lines(text)):
-    yield f"{split}:{path}#{part}", {"text": piece, "id": path, "part": part}
+def _split_texts(config: TextFilesConfig, split: str):
+  """Yields (path, text of that file in `split`)."""
+  if config.eval_files:
+    for path in config.files if split == "train" else config.eval_files:
+      yield path, _read(path)
+    return
+  for path in config.files:
+    text = _read(path)
+    cut = text_chunks.tail_cut(text, config.eval_fraction)
+    yield path, text[:cut] if split == "train" else text[cut:]
 
 
 def builder(data_config, data_dir: str) -> FmjaxTextFiles:

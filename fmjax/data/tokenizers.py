@@ -196,3 +196,24 @@ def make_tokenizer(data_config) -> Tokenizer:
         _write_atomically(path, sentencepiece_training.train(texts, vocab_size))
   with open(path, "rb") as handle:
     return SentencePieceTokenizer(handle.read(), vocab_size=vocab_size)
+
+
+class StandInTokenizer(Tokenizer):
+  """A vocabulary size and the special ids, with no model behind them: what benchmarks and AOT
+  compilation need to size a model without preparing data or training a tokenizer."""
+
+  kind = "stand_in"
+
+  def __init__(self, vocab_size: int):
+    self.vocab_size = int(vocab_size)
+
+  def encode(self, text: str) -> np.ndarray:
+    raise NotImplementedError("a stand-in tokenizer only sizes models; it cannot encode text")
+
+  def decode(self, ids) -> str:
+    raise NotImplementedError("a stand-in tokenizer only sizes models; it cannot decode ids")
+
+  def token_byte_lengths(self) -> np.ndarray:
+    lengths = np.ones((self.vocab_size,), np.int32)
+    lengths[list(self.special_ids)] = 0
+    return lengths

@@ -44,10 +44,13 @@ class Gpt(nnx.Module):
     attention (the fast path the fused kernels know)."""
     cfg, dt = self.cfg, self.cfg.stack.compute_dtype
     rng_embed, rng_stack = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
-    x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
+    # Gather rows from a table whole along its feature dim: sharded-table gathers make XLA
+    # replicate the table anyway, less efficiently.
+    table_VxD = parallel.constrain(self.embed[...], ("vocab", "act_embed"))
+    x_BxTxD = jnp.take(table_VxD, tokens_BxT, axis=0).astype(dt)
     if cfg.positions == "learned":
       x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dt)
-    x_BxTxD = parallel.constrain(dropout(x_BxTxD, cfg.stack.dropout, rng_embed), ("batch", "length", "embed"))
+    x_BxTxD = parallel.constrain(dropout(x_BxTxD, cfg.stack.dropout, rng_embed), ("batch", "length", "act_embed"))
     x_BxTxD, caches = self.stack(x_BxTxD, positions_BxT=positions_BxT, mask=mask, is_causal=is_causal,
                                  dropout_rng=rng_stack, caches=caches, cache_index=cache_index)
     x_BxTxD = self.ln_final(x_BxTxD)

@@ -141,7 +141,7 @@ class Block(nnx.Module):
                          is_causal=is_causal, cache=cache, cache_index=cache_index)
     x_BxTxD = x_BxTxD + dropout(y, self.rate, rng_attn)
     x_BxTxD = x_BxTxD + dropout(self.mlp(self.ln_mlp(x_BxTxD)), self.rate, rng_mlp)
-    return parallel.constrain(x_BxTxD, ("batch", "length", "embed")), cache
+    return parallel.constrain(x_BxTxD, ("batch", "length", "act_embed")), cache
 
 
 def _remat(fn, policy: str):

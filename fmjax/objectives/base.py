@@ -33,6 +33,11 @@ class Objective(abc.ABC):
     """The assets a finished run saved, for inference."""
 
   @abc.abstractmethod
+  def stand_in_assets(self, config) -> Any:
+    """Assets with the right shapes but no data behind them (benchmarks, AOT compilation), so
+    that measuring a config never prepares a dataset or trains a tokenizer."""
+
+  @abc.abstractmethod
   def make_model(self, config, assets, rngs: nnx.Rngs) -> nnx.Module:
     ...
 

@@ -17,6 +17,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fmjax import data as fmdata
 from fmjax.models import gpt, transformer
@@ -68,6 +69,12 @@ class CausalLm(Objective):
 
   # ---- assets: the tokenizer -------------------------------------------------------------
   def prepare_assets(self, config, workdir):
+    if jax.process_count() > 1:
+      # Process 0 trains (or finds) the tokenizer first; the others then load its cached copy
+      # (data dirs on shared storage, as on TPU pods) instead of training their own.
+      if jax.process_index() == 0:
+        fmdata.make_tokenizer(config.data)
+      multihost_utils.sync_global_devices("fmjax tokenizer ready")
     tokenizer = fmdata.make_tokenizer(config.data)
     if workdir is not None and jax.process_index() == 0:
       fmdata.save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_DIR))
@@ -75,6 +82,11 @@ class CausalLm(Objective):
 
   def load_assets(self, config, workdir):
     return fmdata.load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
+
+  def stand_in_assets(self, config):
+    if config.data.tokenizer == "sentencepiece":
+      return fmdata.StandInTokenizer(config.data.vocab_size)
+    return fmdata.ByteTokenizer()
 
   # ---- model -----------------------------------------------------------------------------
   def model_config(self, config, tokenizer) -> gpt.GptConfig:
