@@ -13,7 +13,7 @@ import resource
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -73,6 +73,8 @@ def run_benchmark(config) -> dict:
 
 
 def main(argv):
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, tfds) drown the progress lines
   del argv
   from fmjax import config_checks
   try:

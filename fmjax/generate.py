@@ -11,7 +11,7 @@ Python:
 import sys
 from typing import Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from fmjax import inference, sampling
 
@@ -55,6 +55,8 @@ flags.DEFINE_integer("seed", 0, "sampling seed")
 
 
 def main(argv):
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, tfds) drown the progress lines
   del argv
   if not FLAGS.workdir:
     print("error: --workdir is required", file=sys.stderr)

@@ -8,7 +8,7 @@ add --coordinator=HOST:PORT --num_processes=N --process_id=I on every host.
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -22,6 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, tfds) drown the progress lines
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from fmjax import config_checks, parallel, train  # after flag parsing: jax reads its flags then

@@ -139,7 +139,7 @@ def make_train_step(setup: Setup) -> Callable:
     new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
                  "step": state["step"] + 1, "rng": state["rng"]}
     metrics = {f"train/{k}": v for k, v in metrics.items()}
-    metrics["train/grad_norm"] = optax.global_norm(grads)
+    metrics["train/grad_norm"] = optax.tree.norm(grads)
     metrics["train/learning_rate"] = schedule(state["step"])
     return new_state, metrics
 
