@@ -195,9 +195,13 @@ def _mean_metrics(history: list) -> dict:
   return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
 
-def train_and_evaluate(config, workdir: str, *, log: Optional[Callable[[str], None]] = None) -> dict:
+def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
+                       log: Optional[Callable[[str], None]] = None) -> dict:
   """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the last logged
-  train metrics merged with the last evaluation."""
+  train metrics merged with the last evaluation.
+
+  `stop_at` ends this invocation early (saving a checkpoint) without changing the schedule,
+  which is still laid out over `config.train.steps`: a time-boxed slice of a longer run."""
   objective = objectives.get(config.objective)
   validate(config, objective)
   is_main = jax.process_index() == 0
@@ -277,15 +281,18 @@ def train_and_evaluate(config, workdir: str, *, log: Optional[Callable[[str], No
         result.update(values)
 
       preempted = (ckpt.manager.reached_preemption(step) if jax.process_count() > 1 else preemption.requested)
-      if step % config.checkpoint.every == 0 or step == total or preempted:
+      stopping = preempted or step == stop_at
+      if step % config.checkpoint.every == 0 or step == total or stopping:
         t0 = time.perf_counter()
         ckpt.save(step, state, train_iter, config_dict)
         throughput.exclude(time.perf_counter() - t0)
       if preempted:
         say(f"preempted: saved step {step} to {ckpt.directory}; run the same command to resume")
+      if stopping:
         break
 
   ckpt.close()
+  train_iter.close()  # stop the prefetch thread before the interpreter tears down
   writer.close()
   result["step"] = step
   return result

@@ -16,3 +16,25 @@ def load_config(name: str = "gpt", variant: str = "tiny"):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant)
+
+
+def small_config(tmp_path, **overrides):
+  """The tiny GPT config shrunk further for fast tests, on a per-test copy of the default data."""
+  c = load_config()
+  c.model.num_layers = 2
+  c.model.embed_dim = 64
+  c.model.mlp_dim = 128
+  c.data.seq_len = 32
+  c.data.data_dir = str(tmp_path / "data")
+  c.data.eval_batches = 2
+  c.train.batch_size = 8
+  c.optim.warmup_steps = 2
+  c.train.log_every = 1
+  c.train.eval_every = 0
+  for dotted, value in overrides.items():
+    node = c
+    *parents, leaf = dotted.split("__")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c

@@ -52,6 +52,7 @@ def prepared_builder(make_builder: Callable[[], tfds.core.DatasetBuilder]) -> tf
     builder = make_builder()
     if not builder.is_prepared():  # nobody built it while we waited for the lock
       logging.info("Building %s into %s (once; later runs reuse it).", builder.info.full_name, builder.data_dir)
+      tfds.disable_progress_bar()  # a one-off build of seconds: bars only clutter the run log
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(
               # Statistics would read every example back a second time; nothing here uses them.
