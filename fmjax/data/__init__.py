@@ -8,6 +8,7 @@ from fmjax.data.sources import describe_dataset
 from fmjax.data.sources import open_split
 from fmjax.data.tokenizers import ByteTokenizer
 from fmjax.data.tokenizers import load_tokenizer
+from fmjax.data.tokenizers import MIN_SENTENCEPIECE_VOCAB
 from fmjax.data.tokenizers import make_tokenizer
 from fmjax.data.tokenizers import save_tokenizer
 from fmjax.data.tokenizers import SentencePieceTokenizer

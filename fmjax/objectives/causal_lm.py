@@ -20,6 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fmjax import data as fmdata
+from fmjax.config_checks import ConfigError
 from fmjax.models import gpt, transformer
 from fmjax.objectives.base import Objective
 
@@ -57,15 +58,18 @@ class CausalLm(Objective):
   def validate(self, config) -> None:
     m = config.model
     if m.embed_dim % m.num_heads:
-      raise ValueError(f"config.model.embed_dim={m.embed_dim} must be divisible by "
-                       f"config.model.num_heads={m.num_heads}")
+      raise ConfigError(f"config.model.embed_dim={m.embed_dim} must be divisible by "
+                        f"config.model.num_heads={m.num_heads}")
     if m.positions not in gpt.POSITIONS:
-      raise ValueError(f"config.model.positions={m.positions!r}: choose one of {gpt.POSITIONS}")
+      raise ConfigError(f"config.model.positions={m.positions!r}: choose one of {gpt.POSITIONS}")
     if m.positions == "rotary" and (m.embed_dim // m.num_heads) % 2:
-      raise ValueError(f"config.model.positions='rotary' needs an even head dimension, got "
-                       f"embed_dim/num_heads = {m.embed_dim // m.num_heads}")
+      raise ConfigError(f"config.model.positions='rotary' needs an even head dimension, got "
+                        f"embed_dim/num_heads = {m.embed_dim // m.num_heads}")
     if config.data.tokenizer not in ("byte", "sentencepiece"):
-      raise ValueError(f"config.data.tokenizer={config.data.tokenizer!r}: choose 'byte' or 'sentencepiece'")
+      raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r}: choose 'byte' or 'sentencepiece'")
+    if config.data.tokenizer == "sentencepiece" and config.data.vocab_size < fmdata.MIN_SENTENCEPIECE_VOCAB:
+      raise ConfigError(f"config.data.vocab_size={config.data.vocab_size}: a sentencepiece vocabulary needs "
+                        f"at least {fmdata.MIN_SENTENCEPIECE_VOCAB} entries")
 
   # ---- assets: the tokenizer -------------------------------------------------------------
   def prepare_assets(self, config, workdir):
