@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 128              # tokens the model sees per sequence
   c.data.segment_ids = True         # attention does not cross packed documents
   c.data.shuffle = True
+  c.data.shuffle_window = 1024      # packed rows shuffled together (rows of one file are adjacent)
   c.data.eval_batches = 8           # fixed validation set: this many global batches
   c.data.prefetch = 2               # batches prepared ahead of the step, in a thread
 

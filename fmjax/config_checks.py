@@ -41,6 +41,7 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> None:
     _positive_int(config, field)
   _check(config.train.eval_every >= 0, "train.eval_every", config.train.eval_every,
          "must be >= 0 (0: evaluate only at the end)")
+  _check(config.data.shuffle_window >= 0, "data.shuffle_window", config.data.shuffle_window, "must be >= 0")
   _check(config.data.prefetch >= 0, "data.prefetch", config.data.prefetch, "must be >= 0")
   _check(0.0 < config.data.eval_fraction < 1.0, "data.eval_fraction", config.data.eval_fraction,
          "must be in (0, 1)")

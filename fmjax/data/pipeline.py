@@ -1,7 +1,8 @@
 """grain pipelines: host-local training batches (endless, resumable) and the fixed eval set.
 
 Training: source -> this host's records -> seeded shuffle -> repeat -> [bos] doc [eos]
--> ConcatThenSplit packing -> per-row segment ids / positions -> transforms -> batch -> prefetch.
+-> ConcatThenSplit packing -> per-row segment ids / positions -> transforms -> window shuffle of
+rows -> batch -> prefetch.
 
 Every stage is a grain dataset with checkpointable state, so the iterator of
 make_train_dataset saves with grain.checkpoint.CheckpointSave and resumes exactly. Only
@@ -59,7 +60,7 @@ def _check_packed_length(packed_length: int) -> int:
 
 def _packed_rows(docs: grain.IterDataset, config, packed_length: int, transforms: Sequence[Transform]) -> grain.IterDataset:
   """Packs token documents into rows of packed_length and applies the extra transforms."""
-  rows = grain.experimental.ConcatThenSplitIterDataset(docs, length_struct={"tokens": packed_length})
+  rows = packing.concat_then_split(docs, packed_length)
   rows = rows.map(functools.partial(packing.packed_example, use_segment_ids=bool(config.data.segment_ids)))
   for i, transform in enumerate(transforms):
     if isinstance(transform, grain.transforms.RandomMap):
@@ -100,7 +101,13 @@ def make_train_dataset(
     ds = ds.shuffle(seed=int(config.seed) % 2**32)
   ds = ds.repeat()
   docs = ds.map(functools.partial(_tokenize, tokenizer=tokenizer)).to_iter_dataset(_READ_OPTIONS)
-  batches = _packed_rows(docs, config, packed_length, transforms).batch(batch_size, drop_remainder=True)
+  rows = _packed_rows(docs, config, packed_length, transforms)
+  if config.data.shuffle and config.data.shuffle_window > 1:
+    # Packing emits a long document as consecutive rows; without this a batch would be a few
+    # neighbouring slices of one or two files, and gradients correlated from step to step.
+    rows = grain.experimental.WindowShuffleIterDataset(
+        rows, window_size=int(config.data.shuffle_window), seed=(int(config.seed) + 7919) % 2**32)
+  batches = rows.batch(batch_size, drop_remainder=True)
   prefetch = int(config.data.prefetch)
   if prefetch < 0:
     raise ValueError(f"config.data.prefetch={prefetch} must be >= 0 (0 = no prefetching).")
@@ -164,7 +171,9 @@ def make_eval_batches(
         "empty. For text files set config.data.eval_files, or config.data.eval_fraction > 0 with files of "
         "more than one line."
     )
-  ds = shard_for_process(full, process_index, process_count)
+  # A fixed order drawn once (seed 0, whatever config.seed is): the eval set spans the whole
+  # split instead of its first few documents, and runs with different seeds see the same set.
+  ds = shard_for_process(full.shuffle(seed=0), process_index, process_count)
   docs = ds.map(functools.partial(_tokenize, tokenizer=tokenizer)).to_iter_dataset(_READ_OPTIONS)
   rows = _packed_rows(docs, config, packed_length, transforms).batch(batch_size, drop_remainder=False)
   batches = []
