@@ -36,6 +36,13 @@ class Generator:
                                  eos_id=tok.eos_id, pad_id=tok.pad_id, vocab_limit=tok.vocab_size,
                                  max_len=max_len, **kwargs)
 
+  def context_left(self, prompts: Sequence[str]) -> int:
+    """New tokens that fit after the longest prompt (learned positions end at seq_len)."""
+    cfg = self.run.config
+    if cfg.model.positions != "learned":
+      return 256
+    return max(cfg.data.seq_len - max(len(self.encode_prompt(p)) for p in prompts), 1)
+
   def __call__(self, prompts: Sequence[str], *, max_new_tokens: int = 100, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[str]:
     """The continuation of each prompt (without the prompt), up to the end-of-text token."""
@@ -47,7 +54,7 @@ class Generator:
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "workdir of a causal_lm training run")
 flags.DEFINE_multi_string("prompt", [""], "prompt text; repeat the flag for a batch of prompts")
-flags.DEFINE_integer("max_new_tokens", 200, "tokens to generate per prompt")
+flags.DEFINE_integer("max_new_tokens", -1, "tokens to generate per prompt (-1: up to the model's context)")
 flags.DEFINE_float("temperature", 0.8, "0 is greedy and deterministic")
 flags.DEFINE_integer("top_k", 0, "sample among the k most likely tokens (0: all)")
 flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1: off)")
@@ -63,7 +70,8 @@ def main(argv):
     sys.exit(2)
   try:
     generator = Generator.from_workdir(FLAGS.workdir)
-    texts = generator(FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
+    max_new = FLAGS.max_new_tokens if FLAGS.max_new_tokens > 0 else generator.context_left(FLAGS.prompt)
+    texts = generator(FLAGS.prompt, max_new_tokens=max_new, temperature=FLAGS.temperature,
                       top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# fmjax's GPT train step vs the PyTorch nanoGPT-recipe peer, same dimensions, on this CPU.
+#
+#   TORCH_PYTHON=/work/torchvenv/bin/python bash benchmarks/cpu_gpt.sh
+#
+# Sizes are fmjax's `tiny` config (4 layers, 4 heads, dim 128, mlp 512, seq 128, batch 32,
+# float32); the peer gets --vocab 384, the byte vocabulary (261) padded to fmjax's multiple of
+# 128, so both models have the same parameters. The peer runs in four modes: bf16 autocast (its
+# recipe) and float32, each eager and torch.compile'd. Machines shared with other jobs are noisy,
+# so each run happens ROUNDS times, interleaved, and the best of each is reported.
+#
+# Env: FMJAX_PYTHON, TORCH_PYTHON, PEER (path to torch_gpt.py), ROUNDS (2), STEPS (20), WARMUP (5),
+#      PEER_MODES ("amp-eager amp-compile fp32-eager fp32-compile"), OUT (logs: $OUT/cpu_gpt).
+set -u
+cd "$(dirname "$0")/.." || exit 1
+FMJAX_PYTHON=${FMJAX_PYTHON:-/work/venv/bin/python}
+TORCH_PYTHON=${TORCH_PYTHON:-/work/torchvenv/bin/python}
+PEER=${PEER:-benchmarks/.peer/torch_gpt.py}
+[[ -f $PEER ]] || PEER=../shared/bench/torch_gpt.py
+ROUNDS=${ROUNDS:-2} STEPS=${STEPS:-20} WARMUP=${WARMUP:-5}
+PEER_MODES=${PEER_MODES:-amp-eager amp-compile fp32-eager fp32-compile}
+LOGS=${OUT:-/tmp/out}/cpu_gpt
+mkdir -p "$LOGS"
+rm -f "$LOGS"/*.json
+
+# The peer hard-codes bf16 autocast; fp32 modes swap torch.autocast for a no-op context before
+# running it unchanged, so the only difference between the modes is the compute dtype.
+NO_AUTOCAST='import contextlib, runpy, sys, torch
+torch.autocast = lambda *a, **k: contextlib.nullcontext()
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")'
+
+# run NAME CMD...: stdout+stderr into NAME.log, the JSON line appended to NAME.json.
+run() {
+  local name=$1; shift
+  "$@" >"$LOGS/$name.r$round.log" 2>&1 || echo "$name (round $round) failed: see $LOGS/$name.r$round.log" >&2
+  grep '^{' "$LOGS/$name.r$round.log" | tail -1 | tee -a "$LOGS/$name.json" | sed "s/^/$name: /"
+}
+
+peer() {
+  local mode=$1 args=(--vocab 384 --seq 128 --layers 4 --heads 4 --dim 128 --batch 32
+                      --steps "$STEPS" --warmup "$WARMUP")
+  [[ $mode == *eager ]] && args+=(--no-compile)
+  if [[ $mode == fp32* ]]; then
+    run "peer-$mode" "$TORCH_PYTHON" -c "$NO_AUTOCAST" "$PEER" "${args[@]}"
+  else
+    run "peer-$mode" "$TORCH_PYTHON" "$PEER" "${args[@]}"
+  fi
+}
+
+echo "cpu: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'); load: $(cut -d' ' -f1-3 /proc/loadavg)"
+for round in $(seq "$ROUNDS"); do
+  run fmjax "$FMJAX_PYTHON" -m fmjax.bench --config experiments/gpt.py:tiny \
+      --config.model.dtype=float32 --config.bench.steps="$STEPS" --config.bench.warmup_steps="$WARMUP"
+  for mode in $PEER_MODES; do peer "$mode"; done
+done
+
+# Best of the rounds per side; the ratio is fmjax over each peer mode, and over the fastest.
+"$FMJAX_PYTHON" - "$LOGS" <<'PY'
+import glob, json, os, sys
+best = {}
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    if rows:
+        best[os.path.basename(path)[:-5]] = max(r["tokens_per_s"] for r in rows)
+fm = best.pop("fmjax", None)
+print("best tokens/s:", json.dumps({"fmjax": fm, **best}))
+if fm and best:
+    for name, tok in best.items():
+        print(f"ratio fmjax/{name}: {fm / tok:.2f}")
+    fastest = max(best, key=best.get)
+    print(f"ratio fmjax/fastest peer ({fastest}): {fm / best[fastest]:.2f}")
+PY
