@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import ROOT, small_config
 from fmjax import checkpointing, train
@@ -27,6 +28,7 @@ def final_params(config, workdir):
   return jax.device_get(params), step
 
 
+@pytest.mark.smoke
 def test_resume_is_exact(tmp_path):
   """8 steps straight == 4 steps, stop, resume, 4 more: same losses and params, bit for bit."""
   config = small_config(tmp_path, train__steps=8, checkpoint__every=100)

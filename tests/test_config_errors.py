@@ -9,6 +9,8 @@ import pytest
 from conftest import ROOT, load_config
 from fmjax import config_checks, objectives, train
 
+pytestmark = pytest.mark.smoke  # also runs on Python 3.12 with the newest jax (.ci/run)
+
 CASES = [
     ({"train.steps": 0}, "config.train.steps=0: must be a positive integer"),
     ({"train.batch_size": 12, "mesh.data": 8}, "config.train.batch_size=12"),

@@ -23,6 +23,8 @@ from fmjax.data import text_chunks
 from fmjax.data import text_files
 from fmjax.data import tokenizers
 
+pytestmark = pytest.mark.smoke  # also runs on Python 3.12 with the newest jax (.ci/run)
+
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _UNSEEN = "naïve café — 中文字符 🙂 \t tab\x00nul ÿ"  # characters absent from the synthetic corpus
 

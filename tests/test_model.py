@@ -9,6 +9,8 @@ from flax import nnx
 from fmjax import sampling
 from fmjax.models import gpt, transformer
 
+pytestmark = pytest.mark.smoke  # also runs on Python 3.12 with the newest jax (.ci/run)
+
 
 def small_gpt(positions="learned", scan=False, remat="none", vocab=64, max_len=32, seed=0):
   stack = transformer.StackConfig(num_layers=2, num_heads=2, embed_dim=32, mlp_dim=64,

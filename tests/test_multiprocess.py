@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.smoke  # also runs on Python 3.12 with the newest jax (.ci/run)
+
 WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
 
 

@@ -57,6 +57,7 @@ def loss_and_grads(setup, state, batch):
   return float(loss), jax.device_get(grads)
 
 
+@pytest.mark.smoke
 def test_sharded_equals_single_device_loss_and_grads():
   single = make_setup(tiny_config(data=1), jax.devices()[:1])
   sharded = make_setup(tiny_config(data=2, fsdp=2, tensor=2), jax.devices())
@@ -130,6 +131,7 @@ def test_schedule_warms_up_then_decays():
   assert float(schedule(60)) < float(schedule(20))
 
 
+@pytest.mark.smoke
 def test_training_run_writes_its_outputs(tmp_path):
   config = tiny_config(data=-1)
   config.data.data_dir = str(tmp_path / "data")
