@@ -65,18 +65,21 @@ def test_segment_mask_isolates_documents():
   np.testing.assert_allclose(packed[:, 5:], alone, atol=1e-5)
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
-def test_kv_cache_decoding_matches_full_forward(positions):
+@pytest.mark.parametrize("positions,scan", [("learned", False), ("rotary", False), ("learned", True)])
+def test_kv_cache_decoding_matches_full_forward(positions, scan):
   """Greedy decoding with the cache == re-running the full forward on the growing sequence,
   for prompts of different lengths in one batch (left padded)."""
-  model = small_gpt(positions)
+  model = small_gpt(positions, scan=scan)
+  forward_jit = jax.jit(lambda graphdef, params, tokens: forward(nnx.merge(graphdef, params), tokens),
+                        static_argnums=0)
+  graphdef, params = nnx.split(model)
   prompts = [[1, 5, 9, 13], [1, 7], [1, 2, 3, 4, 5, 6]]
   out = sampling.generate_ids(model, prompts, max_new_tokens=8, eos_id=63, pad_id=0, vocab_limit=60,
                               temperature=0.0)
   for prompt, new in zip(prompts, out):
     seq = list(prompt)
     for token in new:
-      logits = forward(model, jnp.array([seq]))[0, -1, :60]
+      logits = forward_jit(graphdef, params, jnp.array([seq]))[0, -1, :60]
       assert int(jnp.argmax(logits)) == token
       seq.append(token)
     assert len(new) == 8 or new[-1] == 63
@@ -146,6 +149,19 @@ def test_scan_and_remat_match_the_layer_loop(remat):
   g_scan = nnx.to_pure_dict(nnx.state(nnx.grad(loss)(scan_model)))
   np.testing.assert_allclose(_stack_params(g_loop)["stack"]["layers"]["mlp"]["fc"],
                              g_scan["stack"]["layers"]["mlp"]["fc"], atol=1e-6)
+
+
+def test_dropout_only_with_an_rng():
+  stack = transformer.StackConfig(num_layers=2, num_heads=2, embed_dim=32, mlp_dim=64, dropout=0.5)
+  with nnx.use_eager_sharding(False):
+    model = gpt.Gpt(gpt.GptConfig(vocab_size=64, max_len=16, stack=stack), nnx.Rngs(0))
+  tokens = jnp.arange(8)[None]
+  positions = jnp.arange(8)[None]
+  run = lambda rng: model(tokens, positions_BxT=positions, mask=None, is_causal=True, dropout_rng=rng)[0]
+  np.testing.assert_array_equal(run(None), forward(model, tokens))  # evaluation: deterministic
+  a, b, c = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2))
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c) and not np.allclose(a, run(None))
 
 
 def test_bfloat16_compute_keeps_float32_params():
