@@ -31,7 +31,10 @@ def main(argv):
     parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   try:
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_checks.ConfigError, FileNotFoundError) as e:
+  except (config_checks.ConfigError, FileNotFoundError, ValueError) as e:
+    # Bad input (config, data, paths) is reported in one line; --verbosity=1 shows the traceback.
+    if FLAGS.verbosity > 0:
+      raise
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.items())
