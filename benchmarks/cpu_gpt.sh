@@ -10,7 +10,8 @@
 # so each run happens ROUNDS times, interleaved, and the best of each is reported.
 #
 # Env: FMJAX_PYTHON, TORCH_PYTHON, PEER (path to torch_gpt.py), ROUNDS (2), STEPS (20), WARMUP (5),
-#      PEER_MODES ("amp-eager amp-compile fp32-eager fp32-compile"), OUT (logs: $OUT/cpu_gpt).
+#      PEER_MODES ("amp-eager amp-compile fp32-eager fp32-compile"), OUT (logs: $OUT/cpu_gpt),
+#      QUIET_WAIT_S (0): wait up to this long before each run for the CPUs to be >= 90% idle.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 FMJAX_PYTHON=${FMJAX_PYTHON:-/work/venv/bin/python}
@@ -19,6 +20,7 @@ PEER=${PEER:-benchmarks/.peer/torch_gpt.py}
 [[ -f $PEER ]] || PEER=../shared/bench/torch_gpt.py
 ROUNDS=${ROUNDS:-2} STEPS=${STEPS:-20} WARMUP=${WARMUP:-5}
 PEER_MODES=${PEER_MODES:-amp-eager amp-compile fp32-eager fp32-compile}
+QUIET_WAIT_S=${QUIET_WAIT_S:-0}
 LOGS=${OUT:-/tmp/out}/cpu_gpt
 mkdir -p "$LOGS"
 rm -f "$LOGS"/*.json
@@ -30,11 +32,21 @@ torch.autocast = lambda *a, **k: contextlib.nullcontext()
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")'
 
-# run NAME CMD...: stdout+stderr into NAME.log, the JSON line appended to NAME.json.
+# Percent of all CPU time that was idle over the last second. Other jobs on the machine slow
+# torch far more than fmjax (its OpenMP threads wait at every barrier for a descheduled peer),
+# so each result line carries this figure.
+idle_pct() {
+  { head -1 /proc/stat; sleep 1; head -1 /proc/stat; } |
+    awk '{t = 0; for (i = 2; i <= 9; i++) t += $i} NR == 1 {t0 = t; i0 = $5} NR == 2 {printf "%d", 100 * ($5 - i0) / (t - t0)}'
+}
+
+# run NAME CMD...: stdout+stderr into NAME.rN.log, the JSON line appended to NAME.json.
 run() {
-  local name=$1; shift
+  local name=$1 idle waited=0; shift
+  idle=$(idle_pct)
+  while (( idle < 90 && waited < QUIET_WAIT_S )); do sleep 4; waited=$((waited + 5)); idle=$(idle_pct); done
   "$@" >"$LOGS/$name.r$round.log" 2>&1 || echo "$name (round $round) failed: see $LOGS/$name.r$round.log" >&2
-  grep '^{' "$LOGS/$name.r$round.log" | tail -1 | tee -a "$LOGS/$name.json" | sed "s/^/$name: /"
+  grep '^{' "$LOGS/$name.r$round.log" | tail -1 | tee -a "$LOGS/$name.json" | sed "s/^/$name (idle $idle%): /"
 }
 
 peer() {

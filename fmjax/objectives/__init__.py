@@ -8,8 +8,13 @@ def _causal_lm():
   return CausalLm()
 
 
+def _masked_lm():
+  from fmjax.objectives.masked_lm import MaskedLm
+  return MaskedLm()
+
+
 # Lazy constructors: importing one paradigm never pulls in another's dependencies.
-REGISTRY = {"causal_lm": _causal_lm}
+REGISTRY = {"causal_lm": _causal_lm, "masked_lm": _masked_lm}
 
 
 def get(name: str) -> Objective:
