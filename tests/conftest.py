@@ -18,14 +18,16 @@ def load_config(name: str = "gpt", variant: str = "tiny"):
   return module.get_config(variant)
 
 
-def small_config(tmp_path, **overrides):
-  """The tiny GPT config shrunk further for fast tests, on a per-test copy of the default data."""
+def small_config(tmp_path=None, **overrides):
+  """The tiny GPT config shrunk further for fast tests, on a per-test copy of the default data
+  (under `tmp_path`). Overrides use '__' for dots: small_config(tmp, train__steps=4)."""
   c = load_config()
   c.model.num_layers = 2
   c.model.embed_dim = 64
   c.model.mlp_dim = 128
   c.data.seq_len = 32
-  c.data.data_dir = str(tmp_path / "data")
+  if tmp_path is not None:
+    c.data.data_dir = str(tmp_path / "data")
   c.data.eval_batches = 2
   c.train.batch_size = 8
   c.optim.warmup_steps = 2

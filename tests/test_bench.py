@@ -2,18 +2,13 @@
 
 import pytest
 
-from conftest import load_config
+from conftest import load_config, small_config
 from fmjax import bench
 
 
 def test_benchmark_reports_throughput(tmp_path, monkeypatch):
   monkeypatch.setenv("FMJAX_DATA_DIR", str(tmp_path / "no_data_here"))
-  config = load_config()
-  config.model.num_layers = 1
-  config.data.seq_len = 32
-  config.train.batch_size = 8
-  config.bench.steps = 2
-  config.bench.warmup_steps = 1
+  config = small_config(model__num_layers=1, bench__steps=2, bench__warmup_steps=1)
   result = bench.run_benchmark(config)
   assert result["tokens_per_s"] == pytest.approx(8 * 32 / result["step_time_s"], rel=1e-3)
   assert result["compile_time_s"] > 0 and result["peak_memory_bytes"] > 0

@@ -9,22 +9,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import load_config
+from conftest import small_config
 from fmjax import data as fmdata
 from fmjax import objectives, optim, parallel, train
 
 
 def tiny_config(**mesh):
-  c = load_config()
-  c.model.num_layers = 2
-  c.model.embed_dim = 64
-  c.model.mlp_dim = 128
-  c.data.seq_len = 32
-  c.train.batch_size = 8
-  c.optim.warmup_steps = 0
-  for k, v in mesh.items():
-    c.mesh[k] = v
-  return c
+  return small_config(optim__warmup_steps=0, **{f"mesh__{k}": v for k, v in mesh.items()})
 
 
 def make_setup(config, devices):
