@@ -11,20 +11,17 @@ Batches are packed rows of `seq_len + 1` tokens, turned on the host into
 """
 
 import math
-import os
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from fmjax import data as fmdata
 from fmjax.config_checks import ConfigError
 from fmjax.models import gpt, transformer
+from fmjax.objectives import text_assets
 from fmjax.objectives.base import Objective
-
-TOKENIZER_DIR = "tokenizer"
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array):
@@ -65,32 +62,17 @@ class CausalLm(Objective):
     if m.positions == "rotary" and (m.embed_dim // m.num_heads) % 2:
       raise ConfigError(f"config.model.positions='rotary' needs an even head dimension, got "
                         f"embed_dim/num_heads = {m.embed_dim // m.num_heads}")
-    if config.data.tokenizer not in ("byte", "sentencepiece"):
-      raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r}: choose 'byte' or 'sentencepiece'")
-    if config.data.tokenizer == "sentencepiece" and config.data.vocab_size < fmdata.MIN_SENTENCEPIECE_VOCAB:
-      raise ConfigError(f"config.data.vocab_size={config.data.vocab_size}: a sentencepiece vocabulary needs "
-                        f"at least {fmdata.MIN_SENTENCEPIECE_VOCAB} entries")
+    text_assets.validate_tokenizer(config.data)
 
   # ---- assets: the tokenizer -------------------------------------------------------------
   def prepare_assets(self, config, workdir):
-    if jax.process_count() > 1:
-      # Process 0 trains (or finds) the tokenizer first; the others then load its cached copy
-      # (data dirs on shared storage, as on TPU pods) instead of training their own.
-      if jax.process_index() == 0:
-        fmdata.make_tokenizer(config.data)
-      multihost_utils.sync_global_devices("fmjax tokenizer ready")
-    tokenizer = fmdata.make_tokenizer(config.data)
-    if workdir is not None and jax.process_index() == 0:
-      fmdata.save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_DIR))
-    return tokenizer
+    return text_assets.prepare_tokenizer(config, workdir)
 
   def load_assets(self, config, workdir):
-    return fmdata.load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
+    return text_assets.load_tokenizer(workdir)
 
   def stand_in_assets(self, config):
-    if config.data.tokenizer == "sentencepiece":
-      return fmdata.StandInTokenizer(config.data.vocab_size)
-    return fmdata.ByteTokenizer()
+    return text_assets.stand_in_tokenizer(config.data)
 
   # ---- model -----------------------------------------------------------------------------
   def model_config(self, config, tokenizer) -> gpt.GptConfig:
@@ -99,9 +81,7 @@ class CausalLm(Objective):
         num_layers=m.num_layers, num_heads=m.num_heads, embed_dim=m.embed_dim, mlp_dim=m.mlp_dim,
         dropout=m.dropout, dtype=m.dtype, attention=m.attention, rotary=m.positions == "rotary",
         scan_layers=m.scan_layers, remat=m.remat)
-    multiple = max(int(m.vocab_multiple), 1)
-    vocab_size = -(-tokenizer.vocab_size // multiple) * multiple
-    return gpt.GptConfig(vocab_size=vocab_size, max_len=config.data.seq_len, stack=stack,
+    return gpt.GptConfig(vocab_size=text_assets.padded_vocab_size(tokenizer, m.vocab_multiple), max_len=config.data.seq_len, stack=stack,
                          positions=m.positions, tie_embeddings=m.tie_embeddings)
 
   def make_model(self, config, assets, rngs):
