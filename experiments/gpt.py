@@ -25,6 +25,8 @@ Any field can be overridden: --config.train.steps=100 --config.model.num_layers=
 
 import ml_collections
 
+from fmjax import config_defaults as defaults
+
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config = base_config()
@@ -36,77 +38,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.objective = "causal_lm"
-  c.variant = ""
-  c.seed = 0
-  c.topology = ""                   # TPU topology this config is sized for (AOT compile target)
-
-  c.data = ml_collections.ConfigDict()
-  c.data.dataset = "default"        # 'default' (offline corpus) or a prepared tfds catalog name
-  c.data.data_dir = ""              # tfds data dir; '' = $FMJAX_DATA_DIR or ~/tensorflow_datasets
-  c.data.files = ""                 # glob of the user's text files; overrides `dataset`
-  c.data.eval_files = ""            # glob of validation files; '' = held-out tail of `files`
-  c.data.eval_fraction = 0.05       # held-out fraction when eval_files is empty
-  c.data.text_key = "text"          # feature holding the text in a catalog dataset
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.tokenizer = "byte"         # 'byte' or 'sentencepiece'
-  c.data.vocab_size = 0             # sentencepiece only: size of the trained vocabulary
-  c.data.tokenizer_dir = ""         # where a trained tokenizer is cached; '' = next to the data
-  c.data.seq_len = 128              # tokens the model sees per sequence
-  c.data.segment_ids = True         # attention does not cross packed documents
-  c.data.shuffle = True
-  c.data.shuffle_window = 1024      # packed rows shuffled together (rows of one file are adjacent)
-  c.data.eval_batches = 8           # fixed validation set: this many global batches
-  c.data.prefetch = 2               # batches prepared ahead of the step, in a thread
-
-  c.model = ml_collections.ConfigDict()
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.embed_dim = 128
-  c.model.mlp_dim = 512
-  c.model.dropout = 0.0
-  c.model.positions = "learned"     # 'learned' or 'rotary'
-  c.model.tie_embeddings = True
-  c.model.vocab_multiple = 128      # pad the embedding table so it shards and tiles evenly
-  c.model.dtype = "float32"         # compute dtype: 'float32' or 'bfloat16' (params stay float32)
-  c.model.attention = "auto"        # 'auto' (cudnn on GPU, xla elsewhere), 'xla' or 'cudnn'
-  c.model.scan_layers = False
-  c.model.remat = "none"            # 'none', 'full', 'dots' (save matmul outputs)
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 3e-3
-  c.optim.warmup_steps = 50
-  c.optim.decay = "cosine"          # 'cosine', 'linear' or 'constant' after warmup
-  c.optim.end_lr_fraction = 0.1
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.95
-  c.optim.eps = 1e-8
-  c.optim.weight_decay = 0.1
-  c.optim.grad_clip_norm = 1.0
-
-  c.train = ml_collections.ConfigDict()
-  c.train.steps = 600
-  c.train.batch_size = 32           # global, across all devices and hosts
-  c.train.grad_accum_steps = 1      # micro-batches per step
-  c.train.log_every = 25
-  c.train.eval_every = 200
-
-  c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every = 200
-  c.checkpoint.keep = 3
-  c.checkpoint.async_save = True
-  c.checkpoint.init_from = ""       # a workdir whose latest params seed this run (fine-tuning)
-
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1                  # -1: the devices left after fsdp and tensor
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
-
-  c.bench = ml_collections.ConfigDict()
-  c.bench.steps = 10
-  c.bench.warmup_steps = 3
+  """The tiny model; the sections and their fields are described in fmjax/config_defaults.py."""
+  c = defaults.run("causal_lm")
+  c.data = defaults.text_data(seq_len=128)
+  c.model = defaults.transformer(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512,
+                                 positions="learned", tie_embeddings=True)
+  c.optim = defaults.optim(learning_rate=3e-3, warmup_steps=50, b2=0.95, weight_decay=0.1)
+  c.train = defaults.train(steps=600, batch_size=32, log_every=25, eval_every=200)
+  c.checkpoint = defaults.checkpoint(every=200)
+  c.mesh = defaults.mesh()
+  c.bench = defaults.bench()
   return c
 
 

@@ -1,0 +1,108 @@
+"""The config sections every experiment shares, with their defaults and what each field means.
+
+Experiment files (`experiments/*.py`) compose these and set what their paradigm and size need,
+so a field means the same thing in every config and is validated in one place
+(`fmjax.config_checks`). Each function takes keyword overrides for its fields.
+"""
+
+import ml_collections
+
+
+def _section(fields: dict, overrides: dict) -> ml_collections.ConfigDict:
+  unknown = set(overrides) - set(fields)
+  if unknown:
+    raise KeyError(f"unknown config fields {sorted(unknown)}; known: {sorted(fields)}")
+  return ml_collections.ConfigDict({**fields, **overrides})
+
+
+def run(objective: str, **overrides) -> ml_collections.ConfigDict:
+  return _section(dict(
+      objective=objective,
+      variant="",
+      seed=0,
+      topology="",                 # TPU topology the config is sized for (AOT compile target)
+  ), overrides)
+
+
+def text_data(**overrides) -> ml_collections.ConfigDict:
+  return _section(dict(
+      dataset="default",           # 'default' (offline corpus) or a prepared tfds catalog name
+      data_dir="",                 # tfds data dir; '' = $FMJAX_DATA_DIR or ~/tensorflow_datasets
+      files="",                    # glob of the user's text files; overrides `dataset`
+      eval_files="",               # glob of validation files; '' = held-out tail of `files`
+      eval_fraction=0.05,          # held-out fraction of each file when eval_files is empty
+      text_key="text",             # feature holding the text in a catalog dataset
+      train_split="train",
+      eval_split="validation",
+      tokenizer="byte",            # 'byte' or 'sentencepiece'
+      vocab_size=0,                # sentencepiece only: size of the trained vocabulary
+      tokenizer_dir="",            # where a trained tokenizer is cached; '' = next to the data
+      seq_len=128,                 # tokens the model sees per sequence
+      segment_ids=True,            # attention does not cross packed documents
+      shuffle=True,
+      shuffle_window=1024,         # packed rows shuffled together (rows of one file are adjacent)
+      eval_batches=8,              # fixed validation set: this many global batches
+      prefetch=2,                  # batches prepared ahead of the step, in a thread
+  ), overrides)
+
+
+def transformer(**overrides) -> ml_collections.ConfigDict:
+  return _section(dict(
+      num_layers=4,
+      num_heads=4,
+      embed_dim=128,
+      mlp_dim=512,
+      dropout=0.0,
+      positions="learned",         # 'learned' or 'rotary'
+      tie_embeddings=True,
+      vocab_multiple=128,          # pad the embedding table so it shards and tiles evenly
+      dtype="float32",             # compute dtype: 'float32' or 'bfloat16' (params stay float32)
+      attention="auto",            # 'auto' (cudnn on GPU, xla elsewhere), 'xla' or 'cudnn'
+      scan_layers=False,           # one compiled block scanned over layers (faster compiles)
+      remat="none",                # 'none', 'full', 'dots' (keep matmul outputs, recompute the rest)
+  ), overrides)
+
+
+def optim(**overrides) -> ml_collections.ConfigDict:
+  return _section(dict(
+      learning_rate=3e-3,          # peak, reached after warmup
+      warmup_steps=50,
+      decay="cosine",              # 'cosine', 'linear' or 'constant' after warmup
+      end_lr_fraction=0.1,         # final learning rate as a fraction of the peak
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+      weight_decay=0.1,            # AdamW, decoupled; never on biases or norm scales
+      grad_clip_norm=1.0,          # global norm; 0 = no clipping
+  ), overrides)
+
+
+def train(**overrides) -> ml_collections.ConfigDict:
+  return _section(dict(
+      steps=600,
+      batch_size=32,               # global, across all devices and hosts
+      grad_accum_steps=1,          # micro-batches per step
+      log_every=25,
+      eval_every=200,              # 0 = only at the end
+  ), overrides)
+
+
+def checkpoint(**overrides) -> ml_collections.ConfigDict:
+  return _section(dict(
+      every=200,
+      keep=3,
+      async_save=True,
+      init_from="",                # a workdir whose latest params seed this run (fine-tuning)
+  ), overrides)
+
+
+def mesh(**overrides) -> ml_collections.ConfigDict:
+  return _section(dict(
+      data=-1,                     # -1: the devices left after the other axes
+      fsdp=1,                      # shards params and optimizer state as well as the batch
+      tensor=1,                    # shards heads and MLP width
+  ), overrides)
+
+
+def bench(**overrides) -> ml_collections.ConfigDict:
+  return _section(dict(steps=10, warmup_steps=3), overrides)
