@@ -7,11 +7,12 @@
 # float32); the peer gets --vocab 384, the byte vocabulary (261) padded to fmjax's multiple of
 # 128, so both models have the same parameters. The peer runs in four modes: bf16 autocast (its
 # recipe) and float32, each eager and torch.compile'd. Machines shared with other jobs are noisy,
-# so each run happens ROUNDS times, interleaved, and the best of each is reported.
+# so each run happens ROUNDS times, interleaved, and the best run that had the CPUs to itself
+# (see `run`) is reported.
 #
 # Env: FMJAX_PYTHON, TORCH_PYTHON, PEER (path to torch_gpt.py), ROUNDS (2), STEPS (20), WARMUP (5),
 #      PEER_MODES ("amp-eager amp-compile fp32-eager fp32-compile"), OUT (logs: $OUT/cpu_gpt),
-#      QUIET_WAIT_S (0): wait up to this long before each run for the CPUs to be >= 90% idle.
+#      QUIET_WAIT_S (0): wait up to this long before each run for other jobs to leave the CPUs.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 FMJAX_PYTHON=${FMJAX_PYTHON:-/work/venv/bin/python}
@@ -32,21 +33,29 @@ torch.autocast = lambda *a, **k: contextlib.nullcontext()
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")'
 
-# Percent of all CPU time that was idle over the last second. Other jobs on the machine slow
-# torch far more than fmjax (its OpenMP threads wait at every barrier for a descheduled peer),
-# so each result line carries this figure.
-idle_pct() {
-  { head -1 /proc/stat; sleep 1; head -1 /proc/stat; } |
-    awk '{t = 0; for (i = 2; i <= 9; i++) t += $i} NR == 1 {t0 = t; i0 = $5} NR == 2 {printf "%d", 100 * ($5 - i0) / (t - t0)}'
+# Other jobs on the machine slow torch far more than fmjax (its OpenMP threads wait at every
+# barrier for a descheduled peer thread), so each run records how many cores *other* processes
+# kept busy meanwhile: all CPU time the kernel counted, less this run's own user+sys time.
+busy_s() { awk '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100}' /proc/stat; }
+others_cores() {
+  local t0; t0=$(busy_s)
+  sleep 1
+  awk -v a="$t0" -v b="$(busy_s)" 'BEGIN {printf "%.2f", b - a}'
 }
 
-# run NAME CMD...: stdout+stderr into NAME.rN.log, the JSON line appended to NAME.json.
+# run NAME CMD...: stdout+stderr into NAME.rN.log; the JSON line, with "others_cores" added,
+# appended to NAME.json.
 run() {
-  local name=$1 idle waited=0; shift
-  idle=$(idle_pct)
-  while (( idle < 90 && waited < QUIET_WAIT_S )); do sleep 4; waited=$((waited + 5)); idle=$(idle_pct); done
-  "$@" >"$LOGS/$name.r$round.log" 2>&1 || echo "$name (round $round) failed: see $LOGS/$name.r$round.log" >&2
-  grep '^{' "$LOGS/$name.r$round.log" | tail -1 | tee -a "$LOGS/$name.json" | sed "s/^/$name (idle $idle%): /"
+  local name=$1 waited=0 b0 b1 log=$LOGS/$1.r$round.log; shift
+  while (( waited < QUIET_WAIT_S )) && awk -v c="$(others_cores)" 'BEGIN {exit !(c > 0.2)}'; do
+    waited=$((waited + 5)); sleep 4
+  done
+  b0=$(busy_s)
+  /usr/bin/time -f '%e %U %S' -o "$log.time" "$@" >"$log" 2>&1 || echo "$name (round $round) failed: see $log" >&2
+  b1=$(busy_s)
+  local others
+  others=$(awk -v a="$b0" -v b="$b1" '{printf "%.2f", (b - a - $2 - $3) / $1}' "$log.time")
+  grep '^{' "$log" | tail -1 | sed "s/^{/{\"others_cores\": $others, /" | tee -a "$LOGS/$name.json" | sed "s/^/$name: /"
 }
 
 peer() {
@@ -67,19 +76,22 @@ for round in $(seq "$ROUNDS"); do
   for mode in $PEER_MODES; do peer "$mode"; done
 done
 
-# Best of the rounds per side; the ratio is fmjax over each peer mode, and over the fastest.
+# Best per side, among runs where other jobs used under 0.25 cores if there are any; the ratio
+# is fmjax over each peer mode, and over the fastest.
 "$FMJAX_PYTHON" - "$LOGS" <<'PY'
 import glob, json, os, sys
 best = {}
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     rows = [json.loads(line) for line in open(path) if line.strip()]
+    quiet = [r for r in rows if r["others_cores"] < 0.25]
     if rows:
-        best[os.path.basename(path)[:-5]] = max(r["tokens_per_s"] for r in rows)
+        r = max(quiet or rows, key=lambda r: r["tokens_per_s"])
+        best[os.path.basename(path)[:-5]] = (r["tokens_per_s"], r["others_cores"])
 fm = best.pop("fmjax", None)
-print("best tokens/s:", json.dumps({"fmjax": fm, **best}))
+print("best tokens/s (others' cores):", json.dumps({"fmjax": fm, **best}))
 if fm and best:
-    for name, tok in best.items():
-        print(f"ratio fmjax/{name}: {fm / tok:.2f}")
-    fastest = max(best, key=best.get)
-    print(f"ratio fmjax/fastest peer ({fastest}): {fm / best[fastest]:.2f}")
+    for name, (tok, _) in best.items():
+        print(f"ratio fmjax/{name}: {fm[0] / tok:.2f}")
+    fastest = max(best, key=lambda n: best[n][0])
+    print(f"ratio fmjax/fastest peer ({fastest}): {fm[0] / best[fastest][0]:.2f}")
 PY

@@ -65,7 +65,7 @@ launch() {
     echo "skip $name: ${SECONDS}s used of ${BUDGET_S}s"; return
   fi
   local t0=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   (( rc == 0 )) || { echo "$name failed (rc $rc; 124 = timed out), log tail:"; tail -5 "$OUT/$name.log"; }
   grep '^{' "$OUT/$name.log" | tail -1 >"$OUT/$name.json"
