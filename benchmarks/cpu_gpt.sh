@@ -72,7 +72,7 @@ peer() {
 echo "cpu: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
   run fmjax "$FMJAX_PYTHON" -m fmjax.bench --config experiments/gpt.py:tiny \
-      --config.model.dtype=float32 --config.bench.steps="$STEPS" --config.bench.warmup_steps="$WARMUP"
+      --config.model.dtype=float32 --config.data.segment_ids=False --config.bench.steps="$STEPS" --config.bench.warmup_steps="$WARMUP"
   for mode in $PEER_MODES; do peer "$mode"; done
 done
 

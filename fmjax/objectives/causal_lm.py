@@ -107,13 +107,17 @@ class CausalLm(Objective):
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, assets.vocab_size, (batch_size, config.data.seq_len + 1))
     length = config.data.seq_len
-    return {
+    batch = {
         "inputs": tokens[:, :-1].astype(np.int32),
         "targets": tokens[:, 1:].astype(np.int32),
         "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length)).copy(),
         "weights": np.ones((batch_size, length), np.float32),
         "target_bytes": np.ones((batch_size, length), np.float32),
     }
+    if config.data.segment_ids:
+      # As training would run: the per-document mask path, even with one document per row.
+      batch["segment_ids"] = np.ones((batch_size, length), np.int32)
+    return batch
 
   # ---- loss and evaluation ---------------------------------------------------------------
   def _weighted_nll(self, model, batch, dropout_rng):
