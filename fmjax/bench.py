@@ -17,8 +17,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "experiment config: path/to/file.py:variant", lock_config=True)
-flags.mark_flags_as_required(["config"])
 
 
 def peak_memory_bytes(devices) -> int | None:
@@ -72,6 +70,13 @@ def run_benchmark(config) -> dict:
   }
 
 
+def define_flags():
+  # Flags are defined only when run as a program, so that importing several entry points
+  # (tests, notebooks) does not define the same flag twice.
+  config_flags.DEFINE_config_file("config", None, "experiment config: path/to/file.py:variant", lock_config=True)
+  flags.mark_flags_as_required(["config"])
+
+
 def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, tfds) drown the progress lines
@@ -86,4 +91,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -127,9 +127,14 @@ class FillMask:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "workdir of a masked_lm training run")
-flags.DEFINE_multi_string("text", None, f"text with one or more {MASK_TEXT}; repeat the flag for a batch")
-flags.DEFINE_integer("top_k", 5, "candidates printed per mask")
+
+
+def define_flags():
+  # Flags are defined only when run as a program, so that importing several entry points
+  # (tests, notebooks) does not define the same flag twice.
+  flags.DEFINE_string("workdir", None, "workdir of a masked_lm training run")
+  flags.DEFINE_multi_string("text", None, f"text with one or more {MASK_TEXT}; repeat the flag for a batch")
+  flags.DEFINE_integer("top_k", 5, "candidates printed per mask")
 
 
 def main(argv):
@@ -153,4 +158,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -52,13 +52,18 @@ class Generator:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "workdir of a causal_lm training run")
-flags.DEFINE_multi_string("prompt", [""], "prompt text; repeat the flag for a batch of prompts")
-flags.DEFINE_integer("max_new_tokens", -1, "tokens to generate per prompt (-1: up to the model's context)")
-flags.DEFINE_float("temperature", 0.8, "0 is greedy and deterministic")
-flags.DEFINE_integer("top_k", 0, "sample among the k most likely tokens (0: all)")
-flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1: off)")
-flags.DEFINE_integer("seed", 0, "sampling seed")
+
+
+def define_flags():
+  # Flags are defined only when run as a program, so that importing several entry points
+  # (tests, notebooks) does not define the same flag twice.
+  flags.DEFINE_string("workdir", None, "workdir of a causal_lm training run")
+  flags.DEFINE_multi_string("prompt", [""], "prompt text; repeat the flag for a batch of prompts")
+  flags.DEFINE_integer("max_new_tokens", -1, "tokens to generate per prompt (-1: up to the model's context)")
+  flags.DEFINE_float("temperature", 0.8, "0 is greedy and deterministic")
+  flags.DEFINE_integer("top_k", 0, "sample among the k most likely tokens (0: all)")
+  flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1: off)")
+  flags.DEFINE_integer("seed", 0, "sampling seed")
 
 
 def main(argv):
@@ -83,4 +88,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -12,13 +12,18 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "experiment config: path/to/file.py:variant", lock_config=True)
-flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the tokenizer of the run go")
-flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (TPU pods, SLURM)")
-flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, for multi-process runs elsewhere")
-flags.DEFINE_integer("num_processes", 1, "processes in a multi-process run (with --coordinator)")
-flags.DEFINE_integer("process_id", 0, "this process's id (with --coordinator)")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags():
+  # Flags are defined only when run as a program, so that importing several entry points
+  # (tests, notebooks) does not define the same flag twice.
+  config_flags.DEFINE_config_file("config", None, "experiment config: path/to/file.py:variant", lock_config=True)
+  flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the tokenizer of the run go")
+  flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (TPU pods, SLURM)")
+  flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, for multi-process runs elsewhere")
+  flags.DEFINE_integer("num_processes", 1, "processes in a multi-process run (with --coordinator)")
+  flags.DEFINE_integer("process_id", 0, "this process's id (with --coordinator)")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -43,4 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
