@@ -37,12 +37,7 @@ from fmjax import config_defaults as defaults
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  config = base_config()
-  if arg not in VARIANTS:
-    raise ValueError(f"experiments/bert.py: unknown variant {arg!r}; choose one of {sorted(VARIANTS)}")
-  VARIANTS[arg](config)
-  config.variant = arg
-  return config
+  return defaults.apply_variant(base_config(), VARIANTS, arg, "experiments/bert.py")
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -29,12 +29,7 @@ from fmjax import config_defaults as defaults
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  config = base_config()
-  if arg not in VARIANTS:
-    raise ValueError(f"experiments/gpt.py: unknown variant {arg!r}; choose one of {sorted(VARIANTS)}")
-  VARIANTS[arg](config)
-  config.variant = arg
-  return config
+  return defaults.apply_variant(base_config(), VARIANTS, arg, "experiments/gpt.py")
 
 
 def base_config() -> ml_collections.ConfigDict:

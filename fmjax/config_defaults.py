@@ -15,6 +15,16 @@ def _section(fields: dict, overrides: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**fields, **overrides})
 
 
+def apply_variant(config: ml_collections.ConfigDict, variants: dict, arg: str,
+                  experiment: str) -> ml_collections.ConfigDict:
+  """`variants[arg]` edits the base `config` in place; the variant's name is recorded."""
+  if arg not in variants:
+    raise ValueError(f"{experiment}: unknown variant {arg!r}; choose one of {sorted(variants)}")
+  variants[arg](config)
+  config.variant = arg
+  return config
+
+
 def run(objective: str, **overrides) -> ml_collections.ConfigDict:
   return _section(dict(
       objective=objective,

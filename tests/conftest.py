@@ -1,7 +1,6 @@
 """Every test process sees 8 fake CPU devices, set before JAX initialises its backend."""
 
 import importlib.util
-import os
 import pathlib
 
 import jax

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from conftest import ROOT, load_config

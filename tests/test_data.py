@@ -21,7 +21,6 @@ from fmjax.data import packing
 from fmjax.data import sentencepiece_training
 from fmjax.data import text_chunks
 from fmjax.data import text_files
-from fmjax.data import tokenizers
 
 pytestmark = pytest.mark.smoke  # also runs on Python 3.12 with the newest jax (.ci/run)
 

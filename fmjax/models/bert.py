@@ -22,7 +22,6 @@ from fmjax import parallel
 from fmjax.models import attention
 from fmjax.models.transformer import LayerNorm, StackConfig, TransformerStack, dropout, param
 
-POSITIONS = ("learned", "rotary")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ module, registered in `fmjax.objectives`, plus a config file.
 """
 
 import abc
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 from flax import nnx

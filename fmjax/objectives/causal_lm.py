@@ -18,10 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmjax import data as fmdata
-from fmjax.config_checks import ConfigError
-from fmjax.models import gpt, transformer
+from fmjax.models import gpt
 from fmjax.objectives import text_assets
-from fmjax.objectives.base import Objective
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array):
@@ -48,40 +46,15 @@ def shift_for_next_token(example: Mapping[str, np.ndarray], byte_lengths: np.nda
   return out
 
 
-class CausalLm(Objective):
+class CausalLm(text_assets.TextObjective):
   name = "causal_lm"
   unit = "tokens"
-
-  def validate(self, config) -> None:
-    m = config.model
-    if m.embed_dim % m.num_heads:
-      raise ConfigError(f"config.model.embed_dim={m.embed_dim} must be divisible by "
-                        f"config.model.num_heads={m.num_heads}")
-    if m.positions not in gpt.POSITIONS:
-      raise ConfigError(f"config.model.positions={m.positions!r}: choose one of {gpt.POSITIONS}")
-    if m.positions == "rotary" and (m.embed_dim // m.num_heads) % 2:
-      raise ConfigError(f"config.model.positions='rotary' needs an even head dimension, got "
-                        f"embed_dim/num_heads = {m.embed_dim // m.num_heads}")
-    text_assets.validate_tokenizer(config.data)
-
-  # ---- assets: the tokenizer -------------------------------------------------------------
-  def prepare_assets(self, config, workdir):
-    return text_assets.prepare_tokenizer(config, workdir)
-
-  def load_assets(self, config, workdir):
-    return text_assets.load_tokenizer(workdir)
-
-  def stand_in_assets(self, config):
-    return text_assets.stand_in_tokenizer(config.data)
 
   # ---- model -----------------------------------------------------------------------------
   def model_config(self, config, tokenizer) -> gpt.GptConfig:
     m = config.model
-    stack = transformer.StackConfig(
-        num_layers=m.num_layers, num_heads=m.num_heads, embed_dim=m.embed_dim, mlp_dim=m.mlp_dim,
-        dropout=m.dropout, dtype=m.dtype, attention=m.attention, rotary=m.positions == "rotary",
-        scan_layers=m.scan_layers, remat=m.remat)
-    return gpt.GptConfig(vocab_size=text_assets.padded_vocab_size(tokenizer, m.vocab_multiple), max_len=config.data.seq_len, stack=stack,
+    return gpt.GptConfig(vocab_size=text_assets.padded_vocab_size(tokenizer, m.vocab_multiple),
+                         max_len=config.data.seq_len, stack=text_assets.stack_config(m),
                          positions=m.positions, tie_embeddings=m.tie_embeddings)
 
   def make_model(self, config, assets, rngs):

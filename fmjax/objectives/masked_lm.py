@@ -23,9 +23,8 @@ import numpy as np
 
 from fmjax import data as fmdata
 from fmjax.config_checks import ConfigError
-from fmjax.models import bert, transformer
+from fmjax.models import bert
 from fmjax.objectives import mlm_masking, text_assets
-from fmjax.objectives.base import Objective
 
 
 def masked_cross_entropy(logits_BxNxV: jax.Array, targets_BxN: jax.Array, weights_BxN: jax.Array):
@@ -45,26 +44,18 @@ def max_predictions(config) -> int:
   return int(config.mlm.max_predictions) or mlm_masking.num_to_mask(config.data.seq_len, config.mlm.mask_rate)
 
 
-class MaskedLm(Objective):
+class MaskedLm(text_assets.TextObjective):
   name = "masked_lm"
   unit = "tokens"
 
   def validate(self, config) -> None:
+    super().validate(config)
     m, mlm = config.model, config.mlm
-    if m.embed_dim % m.num_heads:
-      raise ConfigError(f"config.model.embed_dim={m.embed_dim} must be divisible by "
-                        f"config.model.num_heads={m.num_heads}")
-    if m.positions not in bert.POSITIONS:
-      raise ConfigError(f"config.model.positions={m.positions!r}: choose one of {bert.POSITIONS}")
-    if m.positions == "rotary" and (m.embed_dim // m.num_heads) % 2:
-      raise ConfigError(f"config.model.positions='rotary' needs an even head dimension, got "
-                        f"embed_dim/num_heads = {m.embed_dim // m.num_heads}")
     if m.max_len and m.max_len < config.data.seq_len:
       raise ConfigError(f"config.model.max_len={m.max_len} must be 0 (= config.data.seq_len) or >= "
                         f"config.data.seq_len={config.data.seq_len}")
     if m.type_vocab_size < 0:
       raise ConfigError(f"config.model.type_vocab_size={m.type_vocab_size} must be >= 0 (0: no token types)")
-    text_assets.validate_tokenizer(config.data)
     if not 0.0 < mlm.mask_rate < 1.0:
       raise ConfigError(f"config.mlm.mask_rate={mlm.mask_rate}: must be in (0, 1), e.g. 0.15")
     for field in ("mask_token_fraction", "random_token_fraction"):
@@ -82,25 +73,11 @@ class MaskedLm(Objective):
       raise ConfigError(f"config.mlm.max_predictions={mlm.max_predictions}: must be 0 (automatic) or >= "
                         f"round(mask_rate * seq_len) = {most}, so that no masked token goes unpredicted")
 
-  # ---- assets: the tokenizer -------------------------------------------------------------
-  def prepare_assets(self, config, workdir):
-    return text_assets.prepare_tokenizer(config, workdir)
-
-  def load_assets(self, config, workdir):
-    return text_assets.load_tokenizer(workdir)
-
-  def stand_in_assets(self, config):
-    return text_assets.stand_in_tokenizer(config.data)
-
   # ---- model -----------------------------------------------------------------------------
   def model_config(self, config, tokenizer) -> bert.BertConfig:
     m = config.model
-    stack = transformer.StackConfig(
-        num_layers=m.num_layers, num_heads=m.num_heads, embed_dim=m.embed_dim, mlp_dim=m.mlp_dim,
-        dropout=m.dropout, dtype=m.dtype, attention=m.attention, rotary=m.positions == "rotary",
-        scan_layers=m.scan_layers, remat=m.remat)
     return bert.BertConfig(vocab_size=text_assets.padded_vocab_size(tokenizer, m.vocab_multiple),
-                           max_len=int(m.max_len) or config.data.seq_len, stack=stack,
+                           max_len=int(m.max_len) or config.data.seq_len, stack=text_assets.stack_config(m),
                            positions=m.positions, type_vocab_size=int(m.type_vocab_size),
                            tie_embeddings=bool(m.tie_embeddings))
 

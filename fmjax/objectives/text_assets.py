@@ -1,7 +1,8 @@
-"""The assets of a text paradigm: one tokenizer, trained (or found) once, copied into the run.
+"""What the text paradigms share: one tokenizer, trained (or found) once and copied into the run,
+and a transformer stack sized by `config.model`.
 
-Shared by the text objectives so that every one of them prepares, saves and reloads its
-tokenizer the same way (process 0 first on multi-host runs, a copy under `workdir/tokenizer`).
+`TextObjective` gives every text objective the same tokenizer handling (process 0 first on
+multi-host runs, a copy under `workdir/tokenizer`) and the same model-field checks.
 """
 
 import os
@@ -11,6 +12,10 @@ from jax.experimental import multihost_utils
 
 from fmjax import data as fmdata
 from fmjax.config_checks import ConfigError
+from fmjax.models import transformer
+from fmjax.objectives.base import Objective
+
+POSITIONS = ("learned", "rotary")
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -50,3 +55,40 @@ def padded_vocab_size(tokenizer: fmdata.Tokenizer, multiple: int) -> int:
   """The embedding table's rows: the vocabulary rounded up so it shards and tiles evenly."""
   multiple = max(int(multiple), 1)
   return -(-tokenizer.vocab_size // multiple) * multiple
+
+
+def validate_transformer(model_config) -> None:
+  m = model_config
+  if m.embed_dim % m.num_heads:
+    raise ConfigError(f"config.model.embed_dim={m.embed_dim} must be divisible by "
+                      f"config.model.num_heads={m.num_heads}")
+  if m.positions not in POSITIONS:
+    raise ConfigError(f"config.model.positions={m.positions!r}: choose one of {POSITIONS}")
+  if m.positions == "rotary" and (m.embed_dim // m.num_heads) % 2:
+    raise ConfigError(f"config.model.positions='rotary' needs an even head dimension, got "
+                      f"embed_dim/num_heads = {m.embed_dim // m.num_heads}")
+
+
+def stack_config(model_config) -> transformer.StackConfig:
+  m = model_config
+  return transformer.StackConfig(
+      num_layers=m.num_layers, num_heads=m.num_heads, embed_dim=m.embed_dim, mlp_dim=m.mlp_dim,
+      dropout=m.dropout, dtype=m.dtype, attention=m.attention, rotary=m.positions == "rotary",
+      scan_layers=m.scan_layers, remat=m.remat)
+
+
+class TextObjective(Objective):
+  """An objective over tokenized text: the tokenizer is its asset."""
+
+  def validate(self, config) -> None:
+    validate_transformer(config.model)
+    validate_tokenizer(config.data)
+
+  def prepare_assets(self, config, workdir):
+    return prepare_tokenizer(config, workdir)
+
+  def load_assets(self, config, workdir):
+    return load_tokenizer(workdir)
+
+  def stand_in_assets(self, config):
+    return stand_in_tokenizer(config.data)
