@@ -39,3 +39,15 @@ def small_config(tmp_path=None, **overrides):
       node = node[p]
     node[leaf] = value
   return c
+
+
+def loss_and_grads(setup, state, batch):
+  """The objective's loss and its gradients for one host-local batch, on the setup's mesh."""
+  from flax import nnx
+  from fmjax import parallel
+  with jax.set_mesh(setup.mesh):
+    global_batch = parallel.global_batch(batch, setup.mesh)
+    fn = jax.jit(jax.value_and_grad(
+        lambda p: setup.objective.loss(nnx.merge(setup.graphdef, p), global_batch, None)[0]))
+    loss, grads = fn(state["params"])
+  return float(loss), jax.device_get(grads)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, loss_and_grads
 from fmjax import bench, checkpointing, config_checks, fill_mask, objectives, parallel, train
 from fmjax import data as fmdata
 from fmjax.data import sentencepiece_training
@@ -251,15 +251,6 @@ def packed_batch(config, seed=0):
   rows = [transform.random_map(packed_row(rng, length=config.data.seq_len, docs=2, pad=3), rng)
           for _ in range(config.train.batch_size)]
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-
-def loss_and_grads(setup, state, batch):
-  with jax.set_mesh(setup.mesh):
-    global_batch = parallel.global_batch(batch, setup.mesh)
-    fn = jax.jit(jax.value_and_grad(
-        lambda p: setup.objective.loss(nnx.merge(setup.graphdef, p), global_batch, None)[0]))
-    loss, grads = fn(state["params"])
-  return float(loss), jax.device_get(grads)
 
 
 def test_sharded_equals_single_device_loss_and_grads():

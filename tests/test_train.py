@@ -6,9 +6,8 @@ import os
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from conftest import small_config
+from conftest import loss_and_grads, small_config
 from fmjax import data as fmdata
 from fmjax import objectives, optim, parallel, train
 
@@ -36,15 +35,6 @@ def packed_batch(config, seed=0):
   batch["inputs"] = rng.integers(5, 261, batch["inputs"].shape).astype(np.int32)
   batch["targets"] = rng.integers(5, 261, batch["targets"].shape).astype(np.int32)
   return batch
-
-
-def loss_and_grads(setup, state, batch):
-  with jax.set_mesh(setup.mesh):
-    global_batch = parallel.global_batch(batch, setup.mesh)
-    fn = jax.jit(jax.value_and_grad(
-        lambda p: setup.objective.loss(nnx.merge(setup.graphdef, p), global_batch, None)[0]))
-    loss, grads = fn(state["params"])
-  return float(loss), jax.device_get(grads)
 
 
 @pytest.mark.smoke

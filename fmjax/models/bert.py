@@ -20,7 +20,7 @@ from flax import nnx
 
 from fmjax import parallel
 from fmjax.models import attention
-from fmjax.models.transformer import LayerNorm, StackConfig, TransformerStack, dropout, param
+from fmjax.models.transformer import LayerNorm, StackConfig, TransformerStack, dropout, embed_lookup, param
 
 
 
@@ -65,9 +65,7 @@ class Bert(nnx.Module):
     """Contextual embeddings (B, T, D) in the compute dtype."""
     cfg, dt = self.cfg, self.cfg.stack.compute_dtype
     rng_embed, rng_stack = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
-    # Whole rows gathered from the table (see gpt.py: sharded-table gathers replicate it anyway).
-    table_VxD = parallel.constrain(self.embed[...], ("vocab", "act_embed"))
-    x_BxTxD = jnp.take(table_VxD, tokens_BxT, axis=0).astype(dt)
+    x_BxTxD = embed_lookup(self.embed[...], tokens_BxT, dt)
     if cfg.positions == "learned":
       x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dt)
     if cfg.type_vocab_size:

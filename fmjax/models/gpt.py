@@ -9,7 +9,7 @@ from flax import nnx
 
 from fmjax import parallel
 from fmjax.models import attention
-from fmjax.models.transformer import LayerNorm, StackConfig, TransformerStack, dropout, param
+from fmjax.models.transformer import LayerNorm, StackConfig, TransformerStack, dropout, embed_lookup, param
 
 
 
@@ -43,10 +43,7 @@ class Gpt(nnx.Module):
     attention (the fast path the fused kernels know)."""
     cfg, dt = self.cfg, self.cfg.stack.compute_dtype
     rng_embed, rng_stack = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
-    # Gather rows from a table whole along its feature dim: sharded-table gathers make XLA
-    # replicate the table anyway, less efficiently.
-    table_VxD = parallel.constrain(self.embed[...], ("vocab", "act_embed"))
-    x_BxTxD = jnp.take(table_VxD, tokens_BxT, axis=0).astype(dt)
+    x_BxTxD = embed_lookup(self.embed[...], tokens_BxT, dt)
     if cfg.positions == "learned":
       x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dt)
     x_BxTxD = parallel.constrain(dropout(x_BxTxD, cfg.stack.dropout, rng_embed), ("batch", "length", "act_embed"))

@@ -48,6 +48,13 @@ def param(rngs: nnx.Rngs, init, shape, names) -> nnx.Param:
   return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape))
 
 
+def embed_lookup(table_VxD: jax.Array, ids: jax.Array, dtype) -> jax.Array:
+  """Rows of an embedding table for `ids`. The table is gathered whole along its feature dim:
+  a gather from a table sharded that way makes XLA replicate it anyway, less efficiently."""
+  table_VxD = parallel.constrain(table_VxD, ("vocab", "act_embed"))
+  return jnp.take(table_VxD, ids, axis=0).astype(dtype)
+
+
 def dropout(x: jax.Array, rate: float, rng: Optional[jax.Array]) -> jax.Array:
   """Inverted dropout; a None rng means deterministic (evaluation, generation)."""
   if rng is None or rate == 0.0:
