@@ -6,18 +6,19 @@ background and renamed into place when complete, so a half-written step (`*.orba
 is never taken as the latest. Every host calls every method (Orbax coordinates multi-host writes).
 """
 
-import os
 from typing import Any, Optional
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from fmjax import paths
+
 CHECKPOINT_DIR = "checkpoints"
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  return paths.join(paths.absolute(workdir), CHECKPOINT_DIR)  # Orbax writes gs:// itself
 
 
 class Checkpointer:
@@ -71,7 +72,7 @@ class Checkpointer:
 
 def latest_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
   """Params of the newest complete checkpoint in another run's workdir (fine-tuning, inference)."""
-  if not os.path.isdir(checkpoint_dir(workdir)):
+  if not paths.isdir(checkpoint_dir(workdir)):
     raise FileNotFoundError(f"no checkpoints in {checkpoint_dir(workdir)}: is {workdir!r} the workdir of a run?")
   ckpt = Checkpointer(workdir, keep=1, async_save=False, read_only=True)
   step = ckpt.latest_step()

@@ -36,12 +36,10 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> None:
   """Raise ConfigError for the first field out of range. Objective-specific checks follow in
   `objective.validate`."""
   for field in ("train.steps", "train.batch_size", "train.grad_accum_steps", "train.log_every",
-                "checkpoint.every", "checkpoint.keep", "data.seq_len", "data.eval_batches",
-                "model.num_layers", "model.num_heads", "model.embed_dim", "model.mlp_dim"):
+                "checkpoint.every", "checkpoint.keep"):
     _positive_int(config, field)
   _check(config.train.eval_every >= 0, "train.eval_every", config.train.eval_every,
          "must be >= 0 (0: evaluate only at the end)")
-  _check(config.data.shuffle_window >= 0, "data.shuffle_window", config.data.shuffle_window, "must be >= 0")
   _check(config.data.prefetch >= 0, "data.prefetch", config.data.prefetch, "must be >= 0")
   _check(0.0 < config.data.eval_fraction < 1.0, "data.eval_fraction", config.data.eval_fraction,
          "must be in (0, 1)")
@@ -58,13 +56,6 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> None:
   _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
   _check(o.grad_clip_norm >= 0, "optim.grad_clip_norm", o.grad_clip_norm, "must be >= 0 (0: no clipping)")
 
-  m = config.model
-  _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
-  _check(m.dtype in transformer.DTYPES, "model.dtype", m.dtype, f"choose one of {tuple(transformer.DTYPES)}")
-  _check(m.attention in attention.IMPLEMENTATIONS, "model.attention", m.attention,
-         f"choose one of {attention.IMPLEMENTATIONS}")
-  _check(m.remat in transformer.REMAT_POLICIES, "model.remat", m.remat,
-         f"choose one of {transformer.REMAT_POLICIES}")
 
   try:
     data, fsdp, tensor = parallel.resolve_mesh_shape(config.mesh, num_devices)
@@ -77,11 +68,36 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> None:
          f"each micro-batch ({batch // accum}) must divide over the batch axes of the mesh "
          f"(data*fsdp = {data}*{fsdp} = {data * fsdp})")
   _check(batch % process_count == 0, "train.batch_size", batch, f"must divide over {process_count} processes")
-  _check(m.num_heads % tensor == 0, "model.num_heads", m.num_heads,
-         f"must be divisible by config.mesh.tensor={tensor}")
-  _check(m.mlp_dim % tensor == 0, "model.mlp_dim", m.mlp_dim, f"must be divisible by config.mesh.tensor={tensor}")
-  _check(m.embed_dim % fsdp == 0, "model.embed_dim", m.embed_dim, f"must be divisible by config.mesh.fsdp={fsdp}")
+  for section in transformer_sections(config.model, "model"):
+    validate_transformer(config, section, fsdp=fsdp, tensor=tensor)
 
   if config.checkpoint.init_from:
     _check(os.path.isdir(config.checkpoint.init_from), "checkpoint.init_from", config.checkpoint.init_from,
            "must be the workdir of an earlier run (directory not found)")
+
+
+def transformer_sections(node, path: str) -> list[str]:
+  """Dotted paths of the transformer stacks in config.model: the model itself (GPT, BERT) or its
+  towers (model.image, model.text), recognised by their num_heads field."""
+  found = [path] if "num_heads" in node else []
+  for key in sorted(node.keys()):
+    if hasattr(node[key], "keys"):
+      found += transformer_sections(node[key], f"{path}.{key}")
+  return found
+
+
+def validate_transformer(config, section: str, *, fsdp: int = 1, tensor: int = 1) -> None:
+  """The fields of one `config_defaults.transformer()` section, and that it shards on the mesh."""
+  m = _get(config, section)
+  for field in ("num_layers", "num_heads", "embed_dim", "mlp_dim"):
+    _positive_int(config, f"{section}.{field}")
+  _check(0.0 <= m.dropout < 1.0, f"{section}.dropout", m.dropout, "must be in [0, 1)")
+  _check(m.dtype in transformer.DTYPES, f"{section}.dtype", m.dtype, f"choose one of {tuple(transformer.DTYPES)}")
+  _check(m.attention in attention.IMPLEMENTATIONS, f"{section}.attention", m.attention,
+         f"choose one of {attention.IMPLEMENTATIONS}")
+  _check(m.remat in transformer.REMAT_POLICIES, f"{section}.remat", m.remat,
+         f"choose one of {transformer.REMAT_POLICIES}")
+  _check(m.num_heads % tensor == 0, f"{section}.num_heads", m.num_heads,
+         f"must be divisible by config.mesh.tensor={tensor}")
+  _check(m.mlp_dim % tensor == 0, f"{section}.mlp_dim", m.mlp_dim, f"must be divisible by config.mesh.tensor={tensor}")
+  _check(m.embed_dim % fsdp == 0, f"{section}.embed_dim", m.embed_dim, f"must be divisible by config.mesh.fsdp={fsdp}")

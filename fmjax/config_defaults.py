@@ -111,8 +111,53 @@ def mesh(**overrides) -> ml_collections.ConfigDict:
       data=-1,                     # -1: the devices left after the other axes
       fsdp=1,                      # shards params and optimizer state as well as the batch
       tensor=1,                    # shards heads and MLP width
+      dcn_data=1,                  # slices (multi-slice TPU, GPU nodes) the data axis spans over
+                                   # the data-center network; must divide `data`, which stays the
+                                   # global size. 1 = a single slice
   ), overrides)
 
 
 def bench(**overrides) -> ml_collections.ConfigDict:
   return _section(dict(steps=10, warmup_steps=3), overrides)
+
+
+def image_text_data(**overrides) -> ml_collections.ConfigDict:
+  """Image-caption pairs (contrastive paradigm); image preprocessing is shared with later
+  image paradigms."""
+  return _section(dict(
+      dataset="digits",            # 'digits' (offline: scikit-learn's 8x8 digits, captioned from
+                                   # templates) or a prepared tfds catalog name (coco_captions,
+                                   # cifar10, imagenet2012, ...)
+      data_dir="",                 # tfds data dir; '' = $FMJAX_DATA_DIR or ~/tensorflow_datasets
+      image_dir="",                # the user's pairs: a folder of images ...
+      captions_file="",            # ... and a JSONL ({"image": path, "caption": text}) or TSV
+                                   # (path<TAB>caption) file, paths relative to image_dir;
+                                   # overrides `dataset`
+      eval_fraction=0.1,           # user pairs: fraction of the images held out for evaluation
+      image_key="image",           # catalog: the image feature
+      caption_key="",              # catalog: the caption feature ('' = none: captions come from
+                                   # class names and templates, as for cifar10 / imagenet2012)
+      label_key="label",           # catalog: the class label feature ('' = none)
+      class_names="",              # comma-separated class names; '' = the label feature's names
+      templates="default",         # prompt templates for label captions and zero-shot:
+                                   # 'default' (photo-style), 'digits' or 'plain' ('{}')
+      train_split="train",
+      eval_split="validation",     # held-out pairs: retrieval, and zero-shot when labelled
+      zeroshot_dataset="",         # a labelled tfds name for zero-shot; '' = `dataset` if labelled
+      zeroshot_split="",           # '' = eval_split
+      tokenizer="byte",            # 'byte' or 'sentencepiece' (trained on the training captions)
+      vocab_size=0,
+      tokenizer_dir="",
+      text_len=32,                 # caption tokens incl. BOS and EOS (longer ones are cut)
+      image_size=32,               # square side the model sees
+      min_crop_area=0.8,           # training: random crops keep at least this fraction of the
+                                   # image (then resized); 1.0 = resize only
+      flip=False,                  # training: random horizontal flips (never for digits)
+      pixel_mean=(0.5, 0.5, 0.5),  # normalisation on the device: (x / 255 - mean) / std
+      pixel_std=(0.5, 0.5, 0.5),
+      bad_images="error",          # a missing / undecodable image or an empty caption in the
+                                   # user's pairs: 'error' (name it and stop) or 'skip' (count it)
+      shuffle=True,
+      eval_examples=1024,          # held-out pairs evaluated (0 = the whole split)
+      prefetch=2,
+  ), overrides)

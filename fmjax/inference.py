@@ -6,14 +6,13 @@ is all a user needs to keep.
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
 from flax import nnx
 
-from fmjax import checkpointing, objectives
+from fmjax import checkpointing, objectives, paths
 
 
 @dataclasses.dataclass
@@ -26,11 +25,10 @@ class LoadedRun:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = paths.join(paths.absolute(workdir), "config.json")
+  if not paths.exists(path):
     raise FileNotFoundError(f"{path} not found: --workdir must be the workdir of a training run")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 def load_run(workdir: str, expect_objective: str | None = None) -> LoadedRun:

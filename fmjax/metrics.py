@@ -13,6 +13,8 @@ from typing import Mapping, Optional
 
 import jax
 
+from fmjax import paths
+
 # Dense bf16 peak FLOP/s per chip, by `device.device_kind` substring (first match wins).
 PEAK_FLOPS = (
     ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
@@ -54,10 +56,11 @@ class MetricsWriter:
     self._jsonl = None
     self._tb = None
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+      paths.makedirs(workdir)
+      # Appended line by line locally; on gs:// rewritten whole now and then (see paths.Appender).
+      self._jsonl = paths.Appender(paths.join(workdir, "metrics.jsonl"))
       from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(paths.join(workdir, "tensorboard"))  # writes gs:// itself
 
   def write(self, step: int, values: Mapping[str, float]) -> None:
     if not self.enabled:

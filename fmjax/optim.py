@@ -26,10 +26,13 @@ def make_schedule(optim_config, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
-def decays(path: tuple, _leaf: Any) -> bool:
-  """Weight decay applies to matrices and embeddings, not to biases or norm scales."""
+def decays(path: tuple, leaf: Any) -> bool:
+  """Weight decay applies to matrices and embeddings, not to biases, norm scales, scalars (a
+  learned temperature would be pulled towards 1) or a ViT's class token."""
   name = str(getattr(path[-1], "key", path[-1]))
-  return not (name.endswith("bias") or name == "scale")
+  if len(getattr(leaf, "shape", ())) < 2:
+    return False
+  return not (name.endswith("bias") or name == "scale" or name == "cls_token")
 
 
 def decay_mask(params: Any) -> Any:

@@ -4,6 +4,11 @@ The mesh has three axes: 'data' (pure data parallel), 'fsdp' (data parallel that
 parameters and optimizer state) and 'tensor' (Megatron-style tensor parallelism over heads and
 MLP width). Models name their axes logically; `LOGICAL_RULES` says where each name goes.
 
+Multi-slice (hybrid) meshes: with `config.mesh.dcn_data = S > 1` the data axis spans S slices
+(TPU slices joined by the data-center network, or GPU nodes): each slice holds data/S of the
+data axis and the whole of fsdp and tensor, so only the data-parallel gradient reduction
+crosses the slow links. The axis names stay the same, so no sharding rule changes.
+
 `jax.jit` over a Mesh with named shardings is the whole parallelism: `pmap` is only a thin
 wrapper over `jit(shard_map)` since JAX 0.10 and is not used.
 """
@@ -13,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -33,7 +39,10 @@ LOGICAL_RULES = (
 
 
 def resolve_mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
-  """Sizes for ('data', 'fsdp', 'tensor'); one of them may be -1 (the devices left over)."""
+  """Sizes for ('data', 'fsdp', 'tensor'); one of them may be -1 (the devices left over).
+
+  The sizes are global: with config.mesh.dcn_data slices, `data` counts the whole data axis
+  across slices (which it must divide)."""
   sizes = [int(mesh_config[a]) for a in MESH_AXES]
   fill = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
   bad = [f"config.mesh.{a}={s}" for a, s in zip(MESH_AXES, sizes) if s == 0 or s < -1]
@@ -50,15 +59,68 @@ def resolve_mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tupl
   if math.prod(sizes) != num_devices:
     raise ValueError(f"config.mesh: data*fsdp*tensor = {math.prod(sizes)} but there are {num_devices} devices "
                      f"({dict(zip(MESH_AXES, sizes))}); use -1 on one axis to fill")
+  _check_slices(mesh_config, tuple(sizes), num_devices)
   return tuple(sizes)
+
+
+def num_slices(mesh_config: Mapping[str, int]) -> int:
+  """config.mesh.dcn_data: how many slices the data axis spans (1 where the field is absent, as
+  in the saved configs of older runs)."""
+  value = mesh_config.get("dcn_data", 1)
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"config.mesh.dcn_data={value!r}: must be a positive integer (1 = one slice, no DCN axis)")
+  return int(value)
+
+
+def _check_slices(mesh_config: Mapping[str, int], shape: tuple[int, ...], num_devices: int) -> None:
+  slices = num_slices(mesh_config)
+  if num_devices % slices:
+    raise ValueError(f"config.mesh.dcn_data={slices}: {num_devices} devices do not split into {slices} equal slices")
+  if shape[0] % slices:
+    raise ValueError(f"config.mesh.dcn_data={slices} must divide the data axis (config.mesh.data resolves to "
+                     f"{shape[0]}): each slice holds data/dcn_data of it and all of fsdp*tensor "
+                     f"({shape[1]}*{shape[2]}), so a slice's {num_devices // slices} devices must be a multiple "
+                     f"of fsdp*tensor")
 
 
 def make_mesh(mesh_config: Mapping[str, int], devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(mesh_config, len(devices))
+  slices = num_slices(mesh_config)
+  if slices == 1:
+    device_array = np.asarray(devices).reshape(shape)
+  else:
+    device_array = hybrid_device_array(shape, slices, devices)
   # Auto axes: the logical-rules style of sharding fails type checks under Explicit axes.
-  return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
-                           axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  return jax.sharding.Mesh(device_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def hybrid_device_array(shape: Sequence[int], slices: int, devices: Sequence[Any]) -> np.ndarray:
+  """Devices arranged as `shape` = (data, fsdp, tensor) with the data axis split over `slices`:
+  rows [k * data/slices, (k+1) * data/slices) of the data axis are the devices of slice k.
+
+  What a slice is, in order of preference:
+    - multi-slice TPU: devices carry `slice_index`; there must be exactly `slices` of them;
+    - elsewhere (GPU nodes, CPU processes), with exactly `slices` processes: one process each;
+    - otherwise (one process, or several processes per slice): equal consecutive blocks of the
+      devices in process order, so a slice holds whole processes when the process count is a
+      multiple of `slices`. With one process this is the flat mesh: there is no slower link to
+      keep the ICI axes off, and tests on fake CPU devices run the same code path.
+  """
+  ici_shape = (shape[0] // slices, *shape[1:])
+  dcn_shape = (slices, 1, 1)
+  slice_ids = {getattr(d, "slice_index", None) for d in devices}
+  if None not in slice_ids and len(slice_ids) > 1:
+    if len(slice_ids) != slices:
+      raise ValueError(f"config.mesh.dcn_data={slices}: the devices are on {len(slice_ids)} slices "
+                       f"(device.slice_index); set config.mesh.dcn_data={len(slice_ids)}")
+    return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, allow_split_physical_axes=True)
+  if len({d.process_index for d in devices}) == slices:
+    return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=True,
+                                                allow_split_physical_axes=True)
+  # Stable: within a process the caller's order is kept, as in the flat mesh.
+  by_process = sorted(devices, key=lambda d: d.process_index)
+  return np.asarray(by_process).reshape(shape)
 
 
 def logical_to_spec(names: Sequence[Optional[str]]) -> P:

@@ -10,7 +10,6 @@ over, parameters and optimizer state are plain pytrees sharded by `fmjax.paralle
 
 import dataclasses
 import json
-import os
 import signal
 import time
 from typing import Any, Callable, Optional
@@ -22,7 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fmjax import checkpointing, config_checks, metrics as metrics_lib, objectives, optim, parallel
+from fmjax import checkpointing, config_checks, metrics as metrics_lib, objectives, optim, parallel, paths
 
 
 @dataclasses.dataclass
@@ -147,8 +146,10 @@ def make_train_step(setup: Setup) -> Callable:
 
 
 def make_eval_step(setup: Setup) -> Callable:
+  """jit(objective.eval_outputs), outputs replicated so every host can read them."""
   objective, graphdef = setup.objective, setup.graphdef
-  return lambda params, batch: objective.eval_sums(nnx.merge(graphdef, params), batch)
+  return jax.jit(lambda params, batch: objective.eval_outputs(nnx.merge(graphdef, params), batch),
+                 out_shardings=NamedSharding(setup.mesh, P()))
 
 
 def jit_train_step(setup: Setup, batch_example) -> Any:
@@ -159,13 +160,9 @@ def jit_train_step(setup: Setup, batch_example) -> Any:
 
 
 def evaluate(setup: Setup, eval_step, params, eval_batches) -> dict:
-  """Sum the objective's statistics over the fixed validation set; one host sync at the end."""
-  sums = None
-  for batch in eval_batches:
-    out = eval_step(params, batch)
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  sums = {k: float(v) for k, v in jax.device_get(sums).items()}
-  return setup.objective.eval_metrics(sums)
+  """The objective's metrics over the fixed validation set; one host sync, at the end."""
+  outputs = [eval_step(params, batch) for batch in eval_batches]
+  return setup.objective.finish_eval(jax.device_get(outputs))
 
 
 class _Preemption:
@@ -205,15 +202,14 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
   objective = objectives.get(config.objective)
   validate(config, objective)
   is_main = jax.process_index() == 0
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.absolute(workdir)  # gs:// stays a URL (abspath would make it a local folder)
+  paths.makedirs(workdir)
   mesh = parallel.make_mesh(config.mesh)
   assets = objective.prepare_assets(config, workdir)
   setup = build(config, objective, assets, mesh)
   config_dict = config.to_dict()
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config_dict, f, indent=2, sort_keys=True)
+    paths.write_atomically(paths.join(workdir, "config.json"), json.dumps(config_dict, indent=2, sort_keys=True))
 
   writer = metrics_lib.MetricsWriter(workdir, config.train.steps, enabled=is_main)
   say = log or writer.message
@@ -234,7 +230,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
   eval_batches = [parallel.global_batch(b, mesh) for b in
                   objective.eval_data(config, assets, process_index=jax.process_index(),
                                       process_count=jax.process_count())]
-  eval_step = jax.jit(make_eval_step(setup))
+  eval_step = make_eval_step(setup)
 
   step = int(jax.device_get(state["step"]))
   total = config.train.steps

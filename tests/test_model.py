@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from fmjax import sampling
-from fmjax.models import gpt, transformer
+from fmjax.models import attention, gpt, transformer
 
 pytestmark = pytest.mark.smoke  # also runs on Python 3.12 with the newest jax (.ci/run)
 
@@ -176,3 +176,17 @@ def test_param_count_matches_the_model():
   model = small_gpt()
   counted = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
   assert gpt.param_count(model.cfg) == counted
+
+
+@pytest.mark.parametrize("is_causal,with_mask", [(False, False), (True, False), (False, True)])
+def test_padded_attention_equals_unpadded(is_causal, with_mask):
+  """The length padding the cuDNN path uses (checked here through XLA, which takes the same
+  arguments) leaves the result unchanged, e.g. a ViT's 197 tokens padded to 256."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 13, 2, 8)), jnp.float32) for _ in range(3))
+  mask = None
+  if with_mask:
+    mask = jnp.asarray(rng.random((2, 1, 13, 13)) < 0.7) | jnp.eye(13, dtype=bool)[None, None]
+  want = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="xla")
+  got = attention.attend_padded(q, k, v, mask=mask, is_causal=is_causal, implementation="xla", multiple=16)
+  np.testing.assert_allclose(got, want, atol=1e-5)

@@ -94,10 +94,14 @@ def test_gradient_accumulation_matches_the_full_batch():
     np.testing.assert_allclose(a, b, atol=1e-5)  # see the note on Adam above
 
 
-def test_no_weight_decay_on_biases_and_norms():
-  params = {"ln": {"scale": 1.0, "bias": 0.0}, "attn": {"query": 1.0, "query_bias": 0.0}, "embed": 1.0}
+def test_no_weight_decay_on_biases_norms_and_scalars():
+  m, v, s = np.ones((2, 2)), np.ones((2,)), np.float32(1.0)
+  params = {"ln": {"scale": v, "bias": v}, "attn": {"query": m, "query_bias": m}, "embed": m,
+            "stacked": {"scale": m, "bias": m}, "logits": {"log_scale": s}, "cls_token": v}
   assert optim.decay_mask(params) == {"ln": {"scale": False, "bias": False},
-                                      "attn": {"query": True, "query_bias": False}, "embed": True}
+                                      "attn": {"query": True, "query_bias": False}, "embed": True,
+                                      "stacked": {"scale": False, "bias": False},
+                                      "logits": {"log_scale": False}, "cls_token": False}
 
 
 def test_schedule_warms_up_then_decays():

@@ -13,13 +13,16 @@ from collections.abc import Callable, Iterator
 from absl import logging
 import tensorflow_datasets as tfds
 
+from fmjax import paths
+
 DATA_DIR_ENV = "FMJAX_DATA_DIR"
 
 
 def resolve_data_dir(data_config) -> str:
-  """config.data.data_dir, else $FMJAX_DATA_DIR, else ~/tensorflow_datasets (tfds' default)."""
+  """config.data.data_dir, else $FMJAX_DATA_DIR, else ~/tensorflow_datasets (tfds' default).
+  A gs:// URL stays one: tfds reads it through etils.epath."""
   data_dir = data_config.data_dir or os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets"
-  return os.path.abspath(os.path.expanduser(data_dir))
+  return paths.absolute(data_dir)
 
 
 @contextlib.contextmanager
@@ -28,7 +31,12 @@ def file_lock(path: str) -> Iterator[None]:
 
   fcntl locks are per machine: on a shared network filesystem they may not exclude other
   hosts, which is why multi-host runs should prepare data (and tokenizers) before starting.
+  A lock for a gs:// path is a local file named after it (object stores have no locks): it
+  orders this machine's processes just the same, and other hosts no less than a network
+  filesystem does. Across hosts, process 0 makes the tokenizer before the others look
+  (objectives.text_assets), and catalog datasets are prepared before the run.
   """
+  path = paths.local_lock_file(path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "a") as handle:
     fcntl.flock(handle, fcntl.LOCK_EX)

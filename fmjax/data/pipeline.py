@@ -128,20 +128,6 @@ def _pad_rows(batch: dict, batch_size: int) -> dict:
   return {k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
 
 
-def _zero_batch(config, packed_length: int, batch_size: int, transforms: Sequence[Transform]) -> dict:
-  """An all-zero batch with the features the transforms produce, for hosts with no eval data."""
-  zero_row = {"tokens": np.zeros(packed_length, np.int32), "tokens_segment_ids": np.zeros(packed_length, np.int32)}
-  row = packing.packed_example(zero_row, bool(config.data.segment_ids))
-  for transform in transforms:
-    if isinstance(transform, grain.transforms.RandomMap):
-      row = transform.random_map(row, np.random.default_rng(0))
-    elif isinstance(transform, grain.transforms.Map):
-      row = transform.map(row)
-    else:
-      row = transform(row)
-  return {k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in row.items()}
-
-
 def make_eval_batches(
     config,
     tokenizer: tokenizers.Tokenizer,
@@ -153,13 +139,20 @@ def make_eval_batches(
 ) -> list[dict[str, np.ndarray]]:
   """The fixed validation set: exactly config.data.eval_batches host-local batches.
 
-  Validation split in stored order (no shuffle, no repeat), packed like training. Every host
-  returns the same number of batches of the same shapes (needed: all hosts run each eval step
-  together); where a host's share runs out, rows and batches are zero (segment id 0), which
-  losses ignore.
+  Validation split in a fixed order (no repeat), packed like training. Every host packs the same
+  global stream and keeps its own rows of each global batch (rows p*B_local ... of host p, as
+  `fmjax.parallel.global_batch` assembles them), so the eval set, and the metrics of given
+  params, are the same whatever the process count. Each host reads the whole eval set for that:
+  it is small (eval_batches global batches), and where packing cuts rows depends on every earlier
+  document. Every host returns the same number of batches of the same shapes (needed: all hosts
+  run each eval step together); where the split runs out, rows and batches are zero (segment id
+  0), which losses ignore.
   """
   packed_length = _check_packed_length(packed_length)
   batch_size = local_batch_size(config, process_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count}).")
+  global_size = batch_size * process_count
   num_batches = int(config.data.eval_batches)
   if num_batches < 1:
     raise ValueError(f"config.data.eval_batches={num_batches} must be >= 1.")
@@ -173,17 +166,18 @@ def make_eval_batches(
     )
   # A fixed order drawn once (seed 0, whatever config.seed is): the eval set spans the whole
   # split instead of its first few documents, and runs with different seeds see the same set.
-  ds = shard_for_process(full.shuffle(seed=0), process_index, process_count)
-  docs = ds.map(functools.partial(_tokenize, tokenizer=tokenizer)).to_iter_dataset(_READ_OPTIONS)
-  rows = _packed_rows(docs, config, packed_length, transforms).batch(batch_size, drop_remainder=False)
+  docs = full.shuffle(seed=0).map(functools.partial(_tokenize, tokenizer=tokenizer)).to_iter_dataset(_READ_OPTIONS)
+  rows = _packed_rows(docs, config, packed_length, transforms).batch(global_size, drop_remainder=False)
+  own = slice(process_index * batch_size, (process_index + 1) * batch_size)
   batches = []
   iterator = iter(rows)
   try:
     for batch in iterator:
-      batches.append(_pad_rows(batch, batch_size))
+      # A copy, so the other hosts' rows of the global batch are not kept alive by a view.
+      batches.append({k: v[own].copy() for k, v in _pad_rows(batch, global_size).items()})
       if len(batches) == num_batches:
         break
   finally:
     iterator.close()
-  zero = _zeros_like(batches[0]) if batches else _zero_batch(config, packed_length, batch_size, transforms)
-  return batches + [zero] * (num_batches - len(batches))
+  # A non-empty split packs into at least one row, so batches[0] exists.
+  return batches + [_zeros_like(batches[0]) for _ in range(num_batches - len(batches))]

@@ -8,12 +8,12 @@ packed and eval batches are zero-filled.
 
 import abc
 import json
-import os
 
 from absl import logging
 import numpy as np
 import sentencepiece as spm
 
+from fmjax import paths
 from fmjax.data import building
 from fmjax.data import hashing
 from fmjax.data import sentencepiece_training
@@ -132,51 +132,46 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str) -> None:
   A run's workdir keeps these so that inference tools reload the exact tokenizer without
   the dataset or the tokenizer cache.
   """
-  os.makedirs(directory, exist_ok=True)
+  paths.makedirs(directory)
   meta = {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "special_ids": {
       "pad": tokenizer.pad_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id,
       "unk": tokenizer.unk_id, "mask": tokenizer.mask_id}}
   if isinstance(tokenizer, SentencePieceTokenizer):
-    _write_atomically(os.path.join(directory, _MODEL_FILE), tokenizer.model_proto)
+    paths.write_atomically(paths.join(directory, _MODEL_FILE), tokenizer.model_proto)
     meta["model_file"] = _MODEL_FILE
   elif not isinstance(tokenizer, ByteTokenizer):
     raise TypeError(f"cannot save a {type(tokenizer).__name__}")
-  _write_atomically(os.path.join(directory, _CONFIG_FILE), json.dumps(meta, indent=2).encode())
+  paths.write_atomically(paths.join(directory, _CONFIG_FILE), json.dumps(meta, indent=2).encode())
 
 
 def load_tokenizer(directory: str) -> Tokenizer:
   """The tokenizer that save_tokenizer wrote into `directory`."""
-  path = os.path.join(directory, _CONFIG_FILE)
-  if not os.path.exists(path):
+  path = paths.join(directory, _CONFIG_FILE)
+  if not paths.exists(path):
     raise FileNotFoundError(f"no {_CONFIG_FILE} in {directory!r}: not a directory written by save_tokenizer.")
-  with open(path) as handle:
-    meta = json.load(handle)
+  meta = json.loads(paths.read_text(path))
   if meta.get("kind") == "byte":
     return ByteTokenizer()
   if meta.get("kind") == "sentencepiece":
-    with open(os.path.join(directory, meta["model_file"]), "rb") as handle:
-      return SentencePieceTokenizer(handle.read(), vocab_size=meta["vocab_size"])
+    model_proto = paths.read_bytes(paths.join(directory, meta["model_file"]))
+    return SentencePieceTokenizer(model_proto, vocab_size=meta["vocab_size"])
   raise ValueError(f"{path}: unknown tokenizer kind {meta.get('kind')!r}; expected 'byte' or 'sentencepiece'.")
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-  # A reader (another process, or a crash mid-write) never sees a half-written file.
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as handle:
-    handle.write(data)
-  os.replace(tmp, path)
-
-
-def sentencepiece_cache_path(data_config) -> str:
+def sentencepiece_cache_path(data_config, describe_dataset=None) -> str:
   """Where the SentencePiece model for this dataset and vocab size is cached."""
-  cache_dir = data_config.tokenizer_dir or os.path.join(building.resolve_data_dir(data_config), "fmjax_tokenizers")
-  identity = sources.describe_dataset(data_config)
+  cache_dir = data_config.tokenizer_dir or paths.join(building.resolve_data_dir(data_config), "fmjax_tokenizers")
+  identity = (describe_dataset or sources.describe_dataset)(data_config)
   name = f"sentencepiece-v{data_config.vocab_size}-{hashing.fingerprint(identity, SENTENCEPIECE_TRAINING_CHARS)}.model"
-  return os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), name)
+  return paths.join(paths.absolute(cache_dir), name)
 
 
-def make_tokenizer(data_config) -> Tokenizer:
-  """The tokenizer config.data.tokenizer names; SentencePiece is trained once and cached."""
+def make_tokenizer(data_config, sample_texts=None, describe_dataset=None) -> Tokenizer:
+  """The tokenizer config.data.tokenizer names; SentencePiece is trained once and cached.
+
+  SentencePiece trains on `sample_texts(data_config, max_chars, seed=)` and is cached under a
+  name derived from `describe_dataset(data_config)`; both default to the text corpus readers
+  (`fmjax.data.sources`), a paradigm with other data (captions) passes its own."""
   if data_config.tokenizer == "byte":
     return ByteTokenizer()
   if data_config.tokenizer != "sentencepiece":
@@ -187,15 +182,14 @@ def make_tokenizer(data_config) -> Tokenizer:
         f"config.data.vocab_size={vocab_size}: tokenizer='sentencepiece' needs at least "
         f"{MIN_SENTENCEPIECE_VOCAB} (5 special ids + 256 byte-fallback ids + learned pieces), e.g. 8192."
     )
-  path = sentencepiece_cache_path(data_config)
-  if not os.path.exists(path):
+  path = sentencepiece_cache_path(data_config, describe_dataset)
+  if not paths.exists(path):
     with building.file_lock(path + ".lock"):
-      if not os.path.exists(path):  # another process may have trained it while we waited
+      if not paths.exists(path):  # another process may have trained it while we waited
         logging.info("Training a SentencePiece model (vocab %d) into %s.", vocab_size, path)
-        texts = sources.sample_texts(data_config, SENTENCEPIECE_TRAINING_CHARS, seed=0)
-        _write_atomically(path, sentencepiece_training.train(texts, vocab_size))
-  with open(path, "rb") as handle:
-    return SentencePieceTokenizer(handle.read(), vocab_size=vocab_size)
+        texts = (sample_texts or sources.sample_texts)(data_config, SENTENCEPIECE_TRAINING_CHARS, seed=0)
+        paths.write_atomically(path, sentencepiece_training.train(texts, vocab_size))
+  return SentencePieceTokenizer(paths.read_bytes(path), vocab_size=vocab_size)
 
 
 class StandInTokenizer(Tokenizer):

@@ -50,16 +50,40 @@ def rotary(x_BxTxHxDh: jax.Array, positions_BxT: jax.Array, base: float = 10_000
   return rotated.astype(x_BxTxHxDh.dtype)
 
 
+# cuDNN's fused kernels reject some lengths (odd ones with a bias in training, for instance a ViT's
+# 197 tokens); padding to a multiple of this keeps every length on the fused path.
+CUDNN_LENGTH_MULTIPLE = 64
+
+
 def attend(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, *, mask: Optional[jax.Array], is_causal: bool,
            implementation: str) -> jax.Array:
   """Scaled dot-product attention; the result has the query's shape and dtype."""
   implementation = resolve_implementation(implementation)
   if implementation == "cudnn" and q_BxTxHxDh.dtype == jnp.float32:
     implementation = "xla"  # cuDNN's fused kernel is half precision only
-  bias = None
-  if implementation == "cudnn" and mask is not None:
-    # The fused kernel takes an additive bias for arbitrary (e.g. per-document) masks.
-    bias = jnp.where(mask, 0.0, -1e9).astype(q_BxTxHxDh.dtype)
-    mask = None
-  return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, bias=bias, mask=mask,
-                                      is_causal=is_causal, implementation=implementation)
+  if implementation == "cudnn":
+    return attend_padded(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask=mask, is_causal=is_causal,
+                         implementation="cudnn", multiple=CUDNN_LENGTH_MULTIPLE)
+  return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, mask=mask, is_causal=is_causal,
+                                      implementation=implementation)
+
+
+def attend_padded(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, *, mask: Optional[jax.Array], is_causal: bool,
+                  implementation: str, multiple: int) -> jax.Array:
+  """Attention with the query and key lengths padded up to `multiple`; padded keys are never
+  attended to (sequence lengths, or False in the mask), padded queries are cut off. A mask
+  becomes an additive bias, the form the fused kernel takes for arbitrary masks."""
+  (b, t), s = q_BxTxHxDh.shape[:2], k_BxSxHxDh.shape[1]
+  t_pad, s_pad = -t % multiple, -s % multiple
+  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n), (0, 0), (0, 0))) if n else x
+  q, k, v = pad(q_BxTxHxDh, t_pad), pad(k_BxSxHxDh, s_pad), pad(v_BxSxHxDh, s_pad)
+  bias, lengths = None, {}
+  if mask is not None:
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, t_pad), (0, s_pad)))  # padding: False
+    bias = jnp.where(mask, 0.0, -1e9).astype(q.dtype)
+  elif t_pad or s_pad:
+    lengths = {"query_seq_lengths": jnp.full((b,), t, jnp.int32),
+               "key_value_seq_lengths": jnp.full((b,), s, jnp.int32)}
+  out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=is_causal, implementation=implementation,
+                                     **lengths)
+  return out[:, :t]

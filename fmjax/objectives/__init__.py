@@ -13,8 +13,13 @@ def _masked_lm():
   return MaskedLm()
 
 
+def _contrastive():
+  from fmjax.objectives.contrastive import Contrastive
+  return Contrastive()
+
+
 # Lazy constructors: importing one paradigm never pulls in another's dependencies.
-REGISTRY = {"causal_lm": _causal_lm, "masked_lm": _masked_lm}
+REGISTRY = {"causal_lm": _causal_lm, "masked_lm": _masked_lm, "contrastive": _contrastive}
 
 
 def get(name: str) -> Objective:

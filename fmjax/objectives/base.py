@@ -57,13 +57,26 @@ class Objective(abc.ABC):
   def loss(self, model: nnx.Module, batch: Batch, dropout_rng: jax.Array | None) -> tuple[jax.Array, dict]:
     """(scalar loss to minimise, {name: value} metrics for logging)."""
 
-  @abc.abstractmethod
+  # Evaluation: the trainer jits `eval_outputs` once per batch structure (its outputs replicated
+  # on every device), runs it over the fixed validation set, then hands every batch's outputs to
+  # `finish_eval` on the host. Objectives whose metrics are sums over examples (losses,
+  # accuracies) only write `eval_sums` and `eval_metrics`; those that need the whole set at once
+  # (retrieval, zero-shot classification) override the pair below.
+  def eval_outputs(self, model: nnx.Module, batch: Batch) -> dict:
+    return self.eval_sums(model, batch)
+
+  def finish_eval(self, outputs: list) -> dict:
+    """Metrics from the host copies of every batch's `eval_outputs`, keys prefixed 'eval/'."""
+    sums = {k: float(sum(float(o[k]) for o in outputs)) for k in outputs[0]} if outputs else {}
+    return self.eval_metrics(sums)
+
   def eval_sums(self, model: nnx.Module, batch: Batch) -> dict:
     """Additive statistics of one validation batch (sums and counts), summed over batches."""
+    raise NotImplementedError(f"{type(self).__name__} defines neither eval_sums nor eval_outputs")
 
-  @abc.abstractmethod
   def eval_metrics(self, sums: Mapping[str, float]) -> dict:
     """Final validation metrics from the summed statistics, keys prefixed 'eval/'."""
+    raise NotImplementedError(f"{type(self).__name__} defines neither eval_metrics nor finish_eval")
 
   @abc.abstractmethod
   def units_per_example(self, config) -> int:

@@ -28,14 +28,15 @@ def validate_tokenizer(data_config) -> None:
                       f"at least {fmdata.MIN_SENTENCEPIECE_VOCAB} entries")
 
 
-def prepare_tokenizer(config, workdir: str | None) -> fmdata.Tokenizer:
+def prepare_tokenizer(config, workdir: str | None, **corpus) -> fmdata.Tokenizer:
+  """`corpus`: sample_texts / describe_dataset for SentencePiece (see fmdata.make_tokenizer)."""
   if jax.process_count() > 1:
     # Process 0 trains (or finds) the tokenizer first; the others then load its cached copy
     # (data dirs on shared storage, as on TPU pods) instead of training their own.
     if jax.process_index() == 0:
-      fmdata.make_tokenizer(config.data)
+      fmdata.make_tokenizer(config.data, **corpus)
     multihost_utils.sync_global_devices("fmjax tokenizer ready")
-  tokenizer = fmdata.make_tokenizer(config.data)
+  tokenizer = fmdata.make_tokenizer(config.data, **corpus)
   if workdir is not None and jax.process_index() == 0:
     fmdata.save_tokenizer(tokenizer, os.path.join(workdir, TOKENIZER_DIR))
   return tokenizer
@@ -55,6 +56,15 @@ def padded_vocab_size(tokenizer: fmdata.Tokenizer, multiple: int) -> int:
   """The embedding table's rows: the vocabulary rounded up so it shards and tiles evenly."""
   multiple = max(int(multiple), 1)
   return -(-tokenizer.vocab_size // multiple) * multiple
+
+
+def validate_text_data(data_config) -> None:
+  d = data_config
+  for field in ("seq_len", "eval_batches"):
+    if not (isinstance(d[field], int) and d[field] > 0):
+      raise ConfigError(f"config.data.{field}={d[field]!r}: must be a positive integer")
+  if d.shuffle_window < 0:
+    raise ConfigError(f"config.data.shuffle_window={d.shuffle_window!r}: must be >= 0")
 
 
 def validate_transformer(model_config) -> None:
@@ -81,6 +91,7 @@ class TextObjective(Objective):
   """An objective over tokenized text: the tokenizer is its asset."""
 
   def validate(self, config) -> None:
+    validate_text_data(config.data)
     validate_transformer(config.model)
     validate_tokenizer(config.data)
 

@@ -1,0 +1,196 @@
+"""The contrastive paradigm end to end: the tiny config learns digits, zero-shot; resume is exact;
+classify (CLI and API); evaluation metrics; config errors; the benchmark covers it."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, load_config
+from fmjax import bench, classify, objectives, train
+from fmjax.config_checks import ConfigError
+from fmjax.data import digits
+from fmjax.objectives import contrastive
+
+STEPS = 300
+# Held-out digits (never seen in training) classified zero-shot from class-name prompts. Chance
+# is 10%; a run of STEPS steps measured MEASURED_TEST_ACCURACY. The bar leaves room for seeds
+# and library versions while staying far above chance.
+MIN_ZEROSHOT_ACCURACY = 0.6
+
+
+def tiny(tmp, **overrides):
+  config = load_config("clip", "tiny")
+  config.data.data_dir = str(tmp / "data")
+  for dotted, value in overrides.items():
+    node = config
+    *parents, leaf = dotted.split("__")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("clip")
+  config = tiny(tmp, train__steps=STEPS, train__eval_every=STEPS, checkpoint__every=STEPS)
+  result = train.train_and_evaluate(config, str(tmp / "run"))
+  return config, str(tmp / "run"), result
+
+
+def test_tiny_clip_learns_zero_shot_digits(trained):
+  _, workdir, result = trained
+  assert result["step"] == STEPS
+  assert result["eval/zeroshot_chance"] == pytest.approx(0.1)
+  assert result["eval/zeroshot_images"] == 355  # every held-out digit
+  assert result["eval/zeroshot_top1"] >= MIN_ZEROSHOT_ACCURACY, result
+  # Retrieval among 355 held-out pairs: about 36 pairs share each digit and their captions are
+  # interchangeable, so recall@5 of the exact caption is bounded near 5/36; chance is 5/355.
+  assert result["eval/image_to_text_recall@5"] > 3 * 5 / 355, result
+  rows = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
+  losses = [r["train/loss"] for r in rows if "train/loss" in r]
+  assert losses[-1] < losses[0] - 1.0
+
+
+def digit_png(tmp_path, index: int, split_label: int | None = None) -> tuple[str, int]:
+  """A held-out digit written as an 8x8 PNG file, and its label."""
+  from sklearn.datasets import load_digits
+  data = load_digits()
+  held_out = np.flatnonzero(digits.held_out(data.target))
+  i = held_out[index]
+  path = tmp_path / f"digit_{index}.png"
+  Image.fromarray((data.images[i] * 255 / 16).astype(np.uint8)).save(path)
+  return str(path), int(data.target[i])
+
+
+def test_classify_api_on_held_out_digits(trained, tmp_path):
+  _, workdir, _ = trained
+  model = classify.ImageText.from_workdir(workdir)
+  files = [digit_png(tmp_path, i) for i in range(40)]
+  probs = model.classify([f for f, _ in files], list(digits.DIGIT_WORDS))
+  assert probs.shape == (40, 10)
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)  # CLIP: a softmax over labels
+  accuracy = np.mean(probs.argmax(axis=1) == np.array([label for _, label in files]))
+  assert accuracy >= MIN_ZEROSHOT_ACCURACY - 0.1
+  # Embeddings: normalised, and retrieval finds an image's own embedding first.
+  image_emb = model.embed_images([f for f, _ in files[:5]])
+  np.testing.assert_allclose(np.linalg.norm(image_emb, axis=1), 1.0, rtol=1e-5)
+  assert model.retrieve(image_emb[3], image_emb, k=2)[0][0] == 3
+
+
+def test_classify_cli(trained, tmp_path):
+  _, workdir, _ = trained
+  path, label = digit_png(tmp_path, 0)
+  cmd = [sys.executable, "-m", "fmjax.classify", "--workdir", workdir, "--image", path,
+         "--labels", ",".join(digits.DIGIT_WORDS), "--top_k", "3"]
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = [l for l in out.stdout.splitlines() if "\t" in l]
+  assert len(lines) == 3
+  probs = [float(l.split("\t")[1]) for l in lines]
+  assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--image", "/nonexistent/x.png", "--labels", "a,b"], "/nonexistent/x.png"),
+    (["--image", "IMAGE", "--labels", " , "], "no labels"),
+])
+def test_classify_cli_errors(trained, tmp_path, args, message):
+  _, workdir, _ = trained
+  path, _ = digit_png(tmp_path, 1)
+  args = [path if a == "IMAGE" else a for a in args]
+  out = subprocess.run([sys.executable, "-m", "fmjax.classify", "--workdir", workdir, *args],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+
+
+def test_corrupt_image_file_is_named(trained, tmp_path):
+  _, workdir, _ = trained
+  bad = tmp_path / "not_an_image.png"
+  bad.write_bytes(b"this is not a png")
+  with pytest.raises(ValueError, match="not_an_image.png"):
+    classify.ImageText.from_workdir(workdir).embed_images([str(bad)])
+
+
+def test_resume_is_exact(tmp_path):
+  config = tiny(tmp_path, train__steps=4, train__batch_size=16, train__log_every=1, train__eval_every=0,
+                checkpoint__every=2, model__image__num_layers=1, model__text__num_layers=1,
+                data__eval_examples=32, optim__warmup_steps=1)
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  assert train.train_and_evaluate(config, str(tmp_path / "resumed"), stop_at=2)["step"] == 2
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert resumed["train/loss"] == straight["train/loss"]
+  assert resumed["eval/zeroshot_top1"] == straight["eval/zeroshot_top1"]
+  losses = lambda run: [json.loads(l)["train/loss"] for l in open(tmp_path / run / "metrics.jsonl")
+                        if "train/loss" in json.loads(l)]
+  assert losses("resumed")[-2:] == losses("straight")[-2:]
+
+
+@pytest.mark.parametrize("loss", ["siglip", "siglip_chunked"])
+def test_siglip_variants_train_and_report_bias(tmp_path, loss):
+  config = tiny(tmp_path, train__steps=2, train__batch_size=16, train__log_every=1, train__eval_every=0,
+                model__image__num_layers=1, model__text__num_layers=1, model__loss=loss,
+                data__eval_examples=32, optim__warmup_steps=1)
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["train/logit_bias"] == pytest.approx(-10.0, abs=0.1)
+  assert result["train/logit_scale"] == pytest.approx(10.0, rel=0.05)
+  assert np.isfinite(result["train/loss"])
+
+
+def test_finish_eval_by_hand():
+  """Two pairs whose embeddings match crosswise, and two labelled images against two classes."""
+  e = np.eye(2, dtype=np.float32)
+  outputs = [
+      {"image_emb": e, "text_emb": e[::-1], "valid": np.ones(2, np.float32)},
+      {"image_emb": np.stack([e[0], e[1]]), "labels": np.array([0, 0]), "valid": np.array([1.0, 0.0])},
+      {"text_emb": np.stack([e[0], e[1], e[0]]), "prompt_class": np.array([0, 1, 0]),
+       "valid": np.array([1.0, 1.0, 0.0])},
+  ]
+  metrics = objectives.get("contrastive").finish_eval(outputs)
+  assert metrics["eval/image_to_text_recall@1"] == 0.0  # each image's nearest text is the other's
+  assert metrics["eval/pairs"] == 2
+  assert metrics["eval/zeroshot_top1"] == 1.0 and metrics["eval/zeroshot_images"] == 1  # padding dropped
+  assert metrics["eval/zeroshot_chance"] == 0.5
+
+
+def test_host_batches_pad_and_split_over_processes():
+  rows = {"x": np.arange(10, dtype=np.int32)}
+  one = contrastive.host_batches(rows, 8, 0, 1)
+  two = [contrastive.host_batches(rows, 8, p, 2) for p in range(2)]
+  assert [b["x"].tolist() for b in one] == [list(range(8)), [8, 9, 0, 0, 0, 0, 0, 0]]
+  assert one[1]["valid"].tolist() == [1, 1] + [0] * 6
+  for i, batch in enumerate(one):
+    np.testing.assert_array_equal(np.concatenate([two[0][i]["x"], two[1][i]["x"]]), batch["x"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"train__grad_accum_steps": 2}, "config.train.grad_accum_steps=2"),
+    ({"model__loss": "triplet"}, "config.model.loss='triplet'"),
+    ({"model__image__patch_size": 5}, "config.data.image_size=16 must be divisible by config.model.image.patch_size=5"),
+    ({"model__text__num_heads": 3}, "config.model.text.embed_dim=128 must be divisible by config.model.text.num_heads=3"),
+    ({"model__image__dtype": "float16"}, "config.model.image.dtype='float16'"),
+    ({"data__bad_images": "ignore"}, "config.data.bad_images='ignore'"),
+    ({"data__text_len": 1}, "config.data.text_len=1"),
+    ({"mesh__data": 8, "train__batch_size": 12}, "config.train.batch_size=12"),
+])
+def test_bad_contrastive_config_is_named(tmp_path, overrides, message):
+  config = tiny(tmp_path, **overrides)
+  with pytest.raises(ConfigError) as info:
+    train.validate(config, objectives.get("contrastive"))
+  assert message in str(info.value)
+
+
+def test_benchmark_covers_contrastive(tmp_path, monkeypatch):
+  monkeypatch.setenv("FMJAX_DATA_DIR", str(tmp_path / "no_data_here"))
+  config = tiny(tmp_path, bench__steps=1, bench__warmup_steps=0, train__batch_size=8,
+                model__image__num_layers=1, model__text__num_layers=1)
+  config.data.data_dir = ""
+  result = bench.run_benchmark(config)
+  assert result["objective"] == "contrastive"
+  assert result["examples_per_s"] == pytest.approx(8 / result["step_time_s"], rel=1e-3)
+  assert result["params"] > 0 and np.isfinite(result["final_loss"])
+  assert not (tmp_path / "no_data_here").exists(), "a benchmark must not build datasets"
