@@ -9,20 +9,26 @@ classify held-out digits zero-shot:
         --labels "zero,one,two,three,four,five,six,seven,eight,nine" --templates digits
 
 Variants (`get_config(arg)`):
-  tiny          CLIP on digits: ViT 4 x 128 (32 px, 8 px patches, CLS pooling) + text 2 x 128
-                (byte tokens, 48 long, causal, EOS pooling), joint 128, batch 128, 500 steps.
-                CPU (2 shared cores, jax 0.10.2): MEASURED_TINY_TIME. Measured at step 500:
-                MEASURED_TINY_RESULT (chance: 10%).
-  siglip-tiny   The same with SigLIP's sigmoid loss (t = 10, b = -10 at init).
-                Measured: MEASURED_SIGLIP_RESULT.
+  tiny          CLIP on digits: ViT 4 x 128 (16 px, 4 px patches, mean pooling) + text 2 x 128
+                (byte tokens, 48 long, causal, EOS pooling), joint 128, batch 64, 500 steps,
+                1.29M params. CPU (2 shared cores, jax 0.10.2): about 4 min (0.4 s/step; the
+                digits dataset builds in 2 s on first use). Measured at step 500 on the 355
+                held-out digits: zero-shot top-1 92.7% (82.5% at step 250; chance 10%);
+                image->text recall@5 7.0%, text->image recall@5 12.7% (about 36 held-out
+                captions per digit are interchangeable, so the exact caption's recall@5 tops
+                out near 14%; chance 1.4%).
+  siglip-tiny   The same with SigLIP's sigmoid loss (t = 10, b = -10 at init). Measured at step
+                500: zero-shot top-1 87.3%, image->text recall@5 8.5%, text->image 13.2%.
   vit-b16       CLIP ViT-B/16: image tower 12 x 768 (12 heads, 3072 MLP, 224 px, 16 px patches),
                 text tower 12 x 512 (8 heads, 2048 MLP, 77 tokens, SentencePiece 49408), joint
                 512, bf16, batch 4096 on coco_captions (prepare it first: see README), zero-shot
                 on cifar10 with photo templates. Target topology v5e:4x4 (16 chips), fsdp.
   siglip-b16    The same towers with the chunked SigLIP loss (memory grows with the per-device
                 batch), non-causal text pooled at EOS, batch 8192.
-  bench-b16     vit-b16 at batch 128 on one device: the size `fmjax.bench` compares with the
-                PyTorch peer (transformers CLIPModel).
+  bench-b16     vit-b16 at batch 128 on one device, no remat: the size `fmjax.bench` compares
+                with the PyTorch peer (transformers CLIPModel). Measured on one H100 (jax
+                0.11.2): 1,453 images/s (18.1% MFU, 27.2 GB peak) against the peer's 2,401
+                images/s in the same call: 0.61x (benchmarks/gpu_clip.sh).
 
 Any field can be overridden: --config.model.loss=siglip --config.train.batch_size=256.
 The user's own pairs: --config.data.image_dir=DIR --config.data.captions_file=DIR/captions.jsonl

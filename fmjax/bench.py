@@ -61,7 +61,7 @@ def run_benchmark(config) -> dict:
       "objective": objective.name, "variant": config.get("variant", ""),
       "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
       "params": objective.param_count(config, assets), "batch_size": batch_size,
-      "seq_len": config.data.get("seq_len"), "dtype": config.model.get("dtype"),
+      "seq_len": config.data.get("seq_len"), "dtype": config.model.get("dtype") or config.model.get("image", {}).get("dtype"),
       "step_time_s": round(step_s, 5), f"{objective.unit}_per_s": round(units, 1),
       "examples_per_s": round(batch_size / step_s, 2), "tflops_per_s": round(flops / 1e12, 3),
       "mfu": None if mfu is None else round(mfu, 4), "compile_time_s": round(compile_s, 2),

@@ -4,9 +4,7 @@ Every failure is a `ConfigError` naming the field, the value and what is allowed
 turns it into a one-line message and a non-zero exit.
 """
 
-import os
-
-from fmjax import parallel
+from fmjax import parallel, paths
 from fmjax.models import attention, transformer
 from fmjax.optim import DECAYS
 
@@ -72,7 +70,7 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> None:
     validate_transformer(config, section, fsdp=fsdp, tensor=tensor)
 
   if config.checkpoint.init_from:
-    _check(os.path.isdir(config.checkpoint.init_from), "checkpoint.init_from", config.checkpoint.init_from,
+    _check(paths.isdir(paths.absolute(config.checkpoint.init_from)), "checkpoint.init_from", config.checkpoint.init_from,
            "must be the workdir of an earlier run (directory not found)")
 
 

@@ -49,9 +49,10 @@ def format_duration(seconds: float) -> str:
 class MetricsWriter:
   """Writes `metrics.jsonl` and TensorBoard events into the workdir, and console progress."""
 
-  def __init__(self, workdir: str, total_steps: int, enabled: bool = True):
+  def __init__(self, workdir: str, total_steps: int, enabled: bool = True, unit: str = "tokens"):
     self.enabled = enabled
     self.total_steps = total_steps
+    self.unit_label = {"tokens": "tok", "examples": "ex"}.get(unit, unit)  # throughput in progress lines
     self.interactive = sys.stdout.isatty()
     self._jsonl = None
     self._tb = None
@@ -77,7 +78,7 @@ class MetricsWriter:
       return
     parts = [f"step {step}/{self.total_steps}"]
     for key, fmt in (("train/loss", "loss {:.4f}"), ("eval/loss", "eval {:.4f}"),
-                     ("perf/units_per_s", "{:,.0f} tok/s"), ("perf/mfu", "MFU {:.1%}"),
+                     ("perf/units_per_s", "{:,.0f} " + self.unit_label + "/s"), ("perf/mfu", "MFU {:.1%}"),
                      ("perf/step_time_s", "{:.3f} s/step")):
       if values.get(key) is not None:
         parts.append(fmt.format(values[key]))

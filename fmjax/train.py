@@ -211,7 +211,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
   if is_main:
     paths.write_atomically(paths.join(workdir, "config.json"), json.dumps(config_dict, indent=2, sort_keys=True))
 
-  writer = metrics_lib.MetricsWriter(workdir, config.train.steps, enabled=is_main)
+  writer = metrics_lib.MetricsWriter(workdir, config.train.steps, enabled=is_main, unit=objective.unit)
   say = log or writer.message
   ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   train_iter = iter(objective.train_data(config, assets, process_index=jax.process_index(),

@@ -32,13 +32,18 @@ def small_config(tmp_path=None, **overrides):
   c.optim.warmup_steps = 2
   c.train.log_every = 1
   c.train.eval_every = 0
+  return set_fields(c, **overrides)
+
+
+def set_fields(config, **overrides):
+  """Sets config fields named with '__' for dots: set_fields(c, model__image__num_layers=1)."""
   for dotted, value in overrides.items():
-    node = c
+    node = config
     *parents, leaf = dotted.split("__")
     for p in parents:
       node = node[p]
     node[leaf] = value
-  return c
+  return config
 
 
 def loss_and_grads(setup, state, batch):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import set_fields
 from fmjax import config_defaults as defaults
 from fmjax import parallel
 from fmjax.config_checks import ConfigError
@@ -397,13 +398,7 @@ def run_config(**model_overrides) -> ml_collections.ConfigDict:
   text.pool, text.causal = "eos", True
   c.model = ml_collections.ConfigDict(dict(image=image, text=text, joint_dim=16, loss="siglip",
                                            logit_scale_init=0.0, logit_scale_max=100.0, logit_bias_init=-10.0))
-  for dotted, value in model_overrides.items():
-    node = c
-    *parents, leaf = dotted.split("__")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return set_fields(c, **model_overrides)
 
 
 def test_two_tower_config_from_run_config():

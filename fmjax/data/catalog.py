@@ -40,13 +40,18 @@ def open_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def text_feature(builder: tfds.core.DatasetBuilder, text_key: str) -> str:
-  """Checks that `text_key` names a feature of the dataset, and returns it."""
+def feature(builder: tfds.core.DatasetBuilder, field: str, key: str, hint: str):
+  """The feature `key` of the dataset, or a ValueError naming config.data.<field> and the
+  features there are."""
   features = builder.info.features
   keys = list(features.keys()) if hasattr(features, "keys") else []
-  if text_key not in keys:
-    raise ValueError(
-        f"config.data.text_key={text_key!r} is not a feature of {builder.info.full_name}; "
-        f"its features are {keys}. Set config.data.text_key to the one holding the text."
-    )
+  if key not in keys:
+    raise ValueError(f"config.data.{field}={key!r} is not a feature of {builder.info.full_name}; "
+                     f"its features are {keys}. {hint}")
+  return features[key]
+
+
+def text_feature(builder: tfds.core.DatasetBuilder, text_key: str) -> str:
+  """Checks that `text_key` names a feature of the dataset, and returns it."""
+  feature(builder, "text_key", text_key, "Set config.data.text_key to the one holding the text.")
   return text_key

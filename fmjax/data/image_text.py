@@ -219,6 +219,16 @@ def class_prompt_tokens(config, tokenizer: tokenizers.Tokenizer, class_names) ->
   return np.stack(rows), np.asarray(classes, dtype=np.int32)
 
 
+def class_prompt_batches(config, tokenizer: tokenizers.Tokenizer, class_names, *, process_index: int,
+                         process_count: int) -> list[dict[str, np.ndarray]]:
+  """class_prompt_tokens as this host's eval batches {'text_tokens', 'prompt_class', 'valid'},
+  split over processes and zero-padded like the other eval sets."""
+  tokens, classes = class_prompt_tokens(config, tokenizer, class_names)
+  zero_row = {"text_tokens": np.zeros_like(tokens[0]), "prompt_class": np.zeros((), np.int32)}
+  return _eval_batches(range(len(tokens)), lambda i: {"text_tokens": tokens[i], "prompt_class": classes[i]},
+                       local_batch_size(config, process_count), process_index, process_count, zero_row)
+
+
 # ---- training --------------------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ classification embeds every class name in every template and averages per class.
 
 import tensorflow_datasets as tfds
 
+from fmjax.data import catalog
+
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     # Photo-style prompts in the manner of CLIP's ImageNet prompt ensemble (our own wording).
     "default": (
@@ -42,14 +44,8 @@ def fill(template_set: tuple[str, ...], class_name: str) -> list[str]:
 
 
 def _label_feature(builder: tfds.core.DatasetBuilder, label_key: str):
-  features = builder.info.features
-  keys = list(features.keys()) if hasattr(features, "keys") else []
-  if label_key not in keys:
-    raise ValueError(
-        f"config.data.label_key={label_key!r} is not a feature of {builder.info.full_name}; its features "
-        f"are {keys}. Set config.data.label_key to the class label feature, or '' for none."
-    )
-  return features[label_key]
+  return catalog.feature(builder, "label_key", label_key,
+                         "Set config.data.label_key to the class label feature, or '' for none.")
 
 
 def class_names_for(data_config, builder: tfds.core.DatasetBuilder) -> list[str]:

@@ -33,22 +33,6 @@ def validate_batching(config) -> None:
                       f"use 1 (and fsdp or remat to fit memory)")
 
 
-def host_batches(arrays: dict, global_batch: int, process_index: int, process_count: int) -> list[dict]:
-  """Rows of `arrays` as host-local batches of a fixed set: zero-padded to whole global batches,
-  with `valid` marking real rows; process p takes its slice of every global batch."""
-  n = len(next(iter(arrays.values())))
-  local = global_batch // process_count
-  batches = []
-  for start in range(0, n, global_batch):
-    rows = np.arange(start + process_index * local, start + (process_index + 1) * local)
-    real = rows < n
-    batch = {k: np.where(real.reshape((-1,) + (1,) * (v.ndim - 1)), v[np.minimum(rows, n - 1)], 0).astype(v.dtype)
-             for k, v in arrays.items()}
-    batch["valid"] = real.astype(np.float32)
-    batches.append(batch)
-  return batches
-
-
 class Contrastive(Objective):
   name = "contrastive"
   unit = "examples"  # image-caption pairs
@@ -89,10 +73,8 @@ class Contrastive(Objective):
     batches = list(image_text.retrieval_eval_batches(config, assets, **where))
     labelled, class_names = image_text.zeroshot_eval_batches(config, **where)
     if class_names:
-      tokens, classes = image_text.class_prompt_tokens(config, assets, class_names)
       batches += list(labelled)
-      batches += host_batches({"text_tokens": tokens, "prompt_class": classes},
-                              config.train.batch_size, process_index, process_count)
+      batches += image_text.class_prompt_batches(config, assets, class_names, **where)
     return batches
 
   def synthetic_batch(self, config, assets, batch_size):
