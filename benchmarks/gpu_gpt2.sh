@@ -50,7 +50,7 @@ fi
 fmjax() {
   local name=$1 batch=$2 limit=$3; shift 3
   launch "$name" "$limit" "$PY" -m fmjax.bench --config experiments/gpt.py:gpt2 "${DIMS[@]}" \
-    --config.train.batch_size="$batch" --config.mesh.data=-1 --config.mesh.fsdp=1 \
+    --config.train.batch_size="$batch" --config.train.grad_accum_steps=1 --config.mesh.data=-1 --config.mesh.fsdp=1 \
     --config.data.segment_ids=False \
     --config.bench.steps="$STEPS" --config.bench.warmup_steps="$WARMUP" "$@"
 }

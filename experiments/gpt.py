@@ -14,11 +14,16 @@ Variants (`get_config(arg)`):
                a context-free byte model scores 3.43 nats); 1.99 at step 300. Samples are
                Python-flavoured word salad ("import ostring to suplition in the ...").
   small        ~14M params (10M without the embedding), seq 512, batch 64, SentencePiece 8k
-               vocab, rotary, bf16. One GPU; not yet measured.
-  gpt2         124M params (GPT-2 small), seq 1024, batch 512 (on one GPU use accumulation:
-               --config.train.grad_accum_steps=16). Target topology v5e:4x4. Not yet trained
-               here; benchmark with benchmarks/gpu_gpt2.sh.
-  gpt2-medium  350M params, seq 1024, batch 512. Target topology v5e:4x4. Not yet trained.
+               vocab, rotary, bf16. Target topology v5e:1x1 (one chip: 5.5 of 16 GiB by
+               python -m fmjax.aot); one GPU. Not yet trained.
+  gpt2         124M params (GPT-2 small), seq 1024, batch 512 as 2 micro-batches of 256 (all
+               512 at once need 19.7 GiB per v5e chip, mostly the float32 logits). Target
+               topology v5e:4x4, FSDP: 10.3 of 16 GiB per chip (python -m fmjax.aot). On one
+               GPU: --config.train.grad_accum_steps=16. Not yet trained here; benchmark with
+               benchmarks/gpu_gpt2.sh (one H100: 0.30M tokens/s at batch 16, 0.67x the
+               nanoGPT-recipe peer).
+  gpt2-medium  350M params, seq 1024, batch 512 as 4 micro-batches. Target topology v5e:4x4:
+               8.9 of 16 GiB per chip. Not yet trained.
 
 Any field can be overridden: --config.train.steps=100 --config.model.num_layers=4.
 """
@@ -69,6 +74,7 @@ def _small(c):
   c.train.eval_every = 500
   c.checkpoint.every = 1000
   c.data.eval_batches = 16
+  c.topology = "v5e:1x1"             # one chip (python -m fmjax.aot: 5.5 of 16 GiB)
 
 
 def _gpt2(c, layers=12, heads=12, dim=768):
@@ -94,11 +100,15 @@ def _gpt2(c, layers=12, heads=12, dim=768):
   c.mesh.fsdp = -1                   # shard params and optimizer state across all chips
   c.mesh.data = 1
   c.topology = "v5e:4x4"
+  # 2 micro-batches of 256 (16 sequences per chip): 10.3 of 16 GiB per chip (python -m fmjax.aot);
+  # all 512 at once need 19.7 GiB, most of it the float32 logits over 50k tokens.
+  c.train.grad_accum_steps = 2
 
 
 def _gpt2_medium(c):
   _gpt2(c, layers=24, heads=16, dim=1024)
   c.optim.learning_rate = 3e-4
+  c.train.grad_accum_steps = 4       # 8 sequences per chip at a time; 2 micro-batches need 16.9 GiB
 
 
 VARIANTS = {"tiny": _tiny, "small": _small, "gpt2": _gpt2, "gpt2-medium": _gpt2_medium}

@@ -6,6 +6,9 @@ import pathlib
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+# With libtpu installed (the `tpu` extra, for fmjax.aot) every backend start would also try the
+# TPU plugin; tests run on CPU, and fmjax.aot compiles for TPU topologies without a TPU backend.
+jax.config.update("jax_platforms", "cpu")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

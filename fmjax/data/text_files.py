@@ -106,9 +106,11 @@ class FmjaxTextFiles(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(split) for split in splits}
 
   def _generate_examples(self, split: str):
-    for path, text in _split_texts(self.builder_config, split):
+    # Keys (which fix tfds' stored order) name files by their place in the sorted match, not by
+    # path: the same files give the same order wherever they live.
+    for ordinal, (path, text) in enumerate(_split_texts(self.builder_config, split)):
       for part, piece in enumerate(text_chunks.split_at_lines(text)):
-        yield f"{split}:{path}#{part}", {"text": piece, "id": path, "part": part}
+        yield f"{split}:{ordinal:09d}#{part}", {"text": piece, "id": path, "part": part}
 
 
 def _split_texts(config: TextFilesConfig, split: str):
