@@ -102,6 +102,8 @@ class Contrastive(Objective):
     metrics = {"loss": loss, "logit_scale": scale}
     if kind != "clip":
       metrics["logit_bias"] = bias
+    if kind != "siglip_chunked":  # the dense losses have built the B x B similarities already
+      metrics.update(losses.in_batch_accuracy(image_emb_BxJ, text_emb_BxJ))
     return loss, metrics
 
   # ---- evaluation ------------------------------------------------------------------------
