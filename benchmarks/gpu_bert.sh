@@ -6,17 +6,9 @@
 #   bash benchmarks/gpu_bert.sh
 # Logs and JSON lines go to ${OUT:-/tmp/out}; the last line is the ratio of examples/s.
 set -u
-cd "$(dirname "$0")/.." || exit 1
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-PY=${FMJAX_PYTHON:-python3}
+source "$(dirname "$0")/device_env.sh"
 PEER=benchmarks/.peer/torch_peers.py
 [[ -f $PEER ]] || PEER=../shared/bench/torch_peers.py
-if [[ -d .whl ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
 
 # One sequence per row (no per-document mask), as the peer; the head runs at the masked positions
 # only (bert-base's own setting, config.mlm.sparse_predictions), which the peer does not do.

@@ -9,18 +9,9 @@
 # FMJAX_BENCH_SMOKE=1 runs the same logic at toy sizes on CPU (FMJAX_PYTHON, TORCH_PYTHON pick the
 # interpreters).
 set -u
-cd "$(dirname "$0")/.." || exit 1
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-PY=${FMJAX_PYTHON:-python3}
-TORCH_PY=${TORCH_PYTHON:-python3}
+source "$(dirname "$0")/device_env.sh"
 PEER=benchmarks/.peer/torch_peers.py
 [[ -f $PEER ]] || PEER=../shared/bench/torch_peers.py
-if [[ -d .whl ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>/dev/null || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
 if [[ ${FMJAX_BENCH_SMOKE:-0} == 1 ]]; then
   SIZES=(--config.model.image.num_layers=1 --config.model.text.num_layers=1 --config.data.image_size=32
          --config.train.batch_size=8 --config.bench.steps=2 --config.bench.warmup_steps=1)

@@ -11,27 +11,14 @@
 # FMJAX_BENCH_SMOKE=1 dry-runs the same logic with tiny sizes on CPU (FMJAX_PYTHON, TORCH_PYTHON
 # pick the interpreters; the peer runs eager there).
 set -u
-cd "$(dirname "$0")/.." || exit 1
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 SMOKE=${FMJAX_BENCH_SMOKE:-0}
 BUDGET_S=${BUDGET_S:-460}
-PY=${FMJAX_PYTHON:-python3}
-TORCH_PY=${TORCH_PYTHON:-python3}
 PEER=benchmarks/.peer/torch_gpt.py
 [[ -f $PEER ]] || PEER=../shared/bench/torch_gpt.py
 # fmjax's MFU peak for H100/H200 is 989 TFLOP/s dense bf16; pass the same to the peer so the MFU
 # columns share a denominator.
 export FMJAX_PEAK_TFLOPS=${FMJAX_PEAK_TFLOPS:-989}
-
-# The image lacks grain/tfds/array-record/ml-collections: install the carried wheels beside it.
-if [[ -d .whl ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-elif [[ $SMOKE != 1 ]]; then
-  echo "warning: no .whl/ here; fmjax needs ml-collections and grain (bash ../shared/device/fetch_wheels.sh)" >&2
-fi
 
 if [[ $SMOKE == 1 ]]; then
   # Tiny sizes, few steps: exercises flags, logs and the table, not the GPU.

@@ -33,7 +33,6 @@ if __name__ == "__main__":
     jax.distributed.initialize(f"127.0.0.1:{_PORT}", num_processes=_NUM_PROCESSES, process_id=_PROCESS_ID)
 
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from fmjax import checkpointing, data as fmdata, objectives, parallel, train  # noqa: E402
@@ -78,15 +77,10 @@ def fixed_batch_run(config, devices=None, steps=3, with_eval=True) -> dict:
 
 
 def _eval_loss(setup, params, local_batches) -> float:
-  """Through the objective's own eval API, so the check does not lean on the trainer's loop."""
-  objective = setup.objective
-  eval_sums = jax.jit(lambda p, batch: objective.eval_sums(nnx.merge(setup.graphdef, p), batch))
-  sums = None
-  for local in local_batches:
-    out = eval_sums(params, parallel.global_batch(local, setup.mesh))
-    sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
-  sums = {k: float(v) for k, v in jax.device_get(sums).items()}
-  return float(objective.eval_metrics(sums)["eval/loss"])
+  """The trainer's evaluation over these batches (each process passes its own rows)."""
+  batches = [parallel.global_batch(local, setup.mesh) for local in local_batches]
+  with jax.set_mesh(setup.mesh):
+    return float(train.evaluate(setup, train.make_eval_step(setup), params, batches)["eval/loss"])
 
 
 def copy_checkpoint(run_dir: pathlib.Path, step: int, to_dir: pathlib.Path) -> None:
