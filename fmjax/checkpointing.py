@@ -38,6 +38,8 @@ class Checkpointer:
         opt_state=ocp.args.StandardSave(state["opt_state"]),
         train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
         config=ocp.args.JsonSave(config_dict))
+    if "ema_params" in state:
+      items["ema_params"] = ocp.args.StandardSave(state["ema_params"])
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -49,15 +51,24 @@ class Checkpointer:
         params=ocp.args.StandardRestore(abstract_state["params"]),
         opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
         train=ocp.args.StandardRestore({"step": abstract_state["step"], "rng": abstract_state["rng"]}))
+    if "ema_params" in abstract_state:
+      items["ema_params"] = ocp.args.StandardRestore(abstract_state["ema_params"])
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return {"params": restored["params"], "opt_state": restored["opt_state"],
-            "step": restored["train"]["step"], "rng": restored["train"]["rng"]}
+    state = {"params": restored["params"], "opt_state": restored["opt_state"],
+             "step": restored["train"]["step"], "rng": restored["train"]["rng"]}
+    if "ema_params" in abstract_state:
+      state["ema_params"] = restored["ema_params"]
+    return state
 
-  def restore_params(self, step: int, abstract_params: Any) -> Any:
-    restored = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
-    return restored["params"]
+  def has_item(self, step: int, item: str) -> bool:
+    """Whether the checkpoint at `step` holds `item` (e.g. 'ema_params')."""
+    return paths.isdir(paths.join(self.directory, str(step), item))
+
+  def restore_params(self, step: int, abstract_params: Any, item: str = "params") -> Any:
+    restored = self.manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract_params)}))
+    return restored[item]
 
   def restore_config(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
@@ -70,16 +81,18 @@ class Checkpointer:
     self.manager.close()
 
 
-def latest_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
-  """Params of the newest complete checkpoint in another run's workdir (fine-tuning, inference)."""
+def latest_params(workdir: str, abstract_params: Any, prefer_ema: bool = False) -> tuple[Any, int]:
+  """Params of the newest complete checkpoint in another run's workdir (fine-tuning, inference);
+  with prefer_ema, its moving average of the params where the run keeps one."""
   if not paths.isdir(checkpoint_dir(workdir)):
     raise FileNotFoundError(f"no checkpoints in {checkpoint_dir(workdir)}: is {workdir!r} the workdir of a run?")
   ckpt = Checkpointer(workdir, keep=1, async_save=False, read_only=True)
   step = ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no complete checkpoint")
+  item = "ema_params" if prefer_ema and ckpt.has_item(step, "ema_params") else "params"
   try:
-    return ckpt.restore_params(step, abstract_params), step
+    return ckpt.restore_params(step, abstract_params, item), step
   finally:
     ckpt.close()
 

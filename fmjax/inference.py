@@ -31,8 +31,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
-def load_run(workdir: str, expect_objective: str | None = None) -> LoadedRun:
-  """The run in `workdir` on one device, from its newest complete checkpoint."""
+def load_run(workdir: str, expect_objective: str | None = None, use_ema: bool = True) -> LoadedRun:
+  """The run in `workdir` on one device, from its newest complete checkpoint: its moving average
+  of the parameters where it keeps one (and use_ema), else the parameters themselves."""
   config = load_config(workdir)
   if expect_objective is not None and config.objective != expect_objective:
     raise ValueError(f"{workdir} holds a {config.objective!r} run; this tool needs a {expect_objective!r} run")
@@ -44,5 +45,5 @@ def load_run(workdir: str, expect_objective: str | None = None) -> LoadedRun:
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   targets = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                          nnx.to_pure_dict(abstract_state))
-  params, step = checkpointing.latest_params(workdir, targets)
+  params, step = checkpointing.latest_params(workdir, targets, prefer_ema=use_ema)
   return LoadedRun(config, objective, assets, nnx.merge(graphdef, params), step)

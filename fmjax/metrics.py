@@ -4,6 +4,7 @@ Only process 0 writes. Values arrive as host floats: the trainer syncs with the 
 steps only, never inside the step loop.
 """
 
+import io
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import time
 from typing import Mapping, Optional
 
 import jax
+import numpy as np
 
 from fmjax import paths
 
@@ -56,6 +58,7 @@ class MetricsWriter:
     self.interactive = sys.stdout.isatty()
     self._jsonl = None
     self._tb = None
+    self.workdir = workdir
     if enabled:
       paths.makedirs(workdir)
       # Appended line by line locally; on gs:// rewritten whole now and then (see paths.Appender).
@@ -72,6 +75,16 @@ class MetricsWriter:
     for k, v in row.items():
       if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
         self._tb.add_scalar(k, v, step)
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """Each H x W x C uint8 image to `workdir/<name>/step_<step>.png` and to TensorBoard."""
+    if not self.enabled:
+      return
+    for name, image in images.items():
+      self._tb.add_image(name, image, step, dataformats="HWC")
+      folder = paths.join(self.workdir, name)
+      paths.makedirs(folder)
+      paths.write_atomically(paths.join(folder, f"step_{step}.png"), png_bytes(image))
 
   def progress(self, step: int, values: Mapping[str, float], eta_seconds: float) -> None:
     if not self.enabled:
@@ -101,6 +114,16 @@ class MetricsWriter:
       self._jsonl.close()
     if self._tb:
       self._tb.close()
+
+
+def png_bytes(image_HxWxC) -> bytes:
+  """A uint8 H x W x C (C = 1 or 3) image encoded as PNG."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top  (only runs that write images need it)
+  array = np.asarray(image_HxWxC, dtype=np.uint8)
+  pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+  buffer = io.BytesIO()
+  pil.save(buffer, format="PNG")
+  return buffer.getvalue()
 
 
 def _plain(v):

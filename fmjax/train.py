@@ -36,6 +36,7 @@ class Setup:
   schedule: Callable
   abstract_state: dict           # ShapeDtypeStructs carrying their shardings
   state_shardings: dict
+  ema_decay: float = 0.0         # > 0: the state also holds 'ema_params', an average of params
 
 
 def validate(config, objective: objectives.Objective) -> None:
@@ -80,8 +81,13 @@ def build(config, objective: objectives.Objective, assets, mesh) -> Setup:
                      "rng": replicated}
   abstract_state = {"params": abstract_params, "opt_state": abstract_opt,
                     "step": jax.ShapeDtypeStruct((), jnp.int32), "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
+  ema_decay = float(objective.ema_decay(config))
+  if ema_decay > 0:
+    state_shardings["ema_params"] = param_shardings
+    abstract_state["ema_params"] = abstract_params
   abstract_state = checkpointing.abstract_like(abstract_state, state_shardings)
-  return Setup(config, mesh, objective, assets, graphdef, tx, schedule, abstract_state, state_shardings)
+  return Setup(config, mesh, objective, assets, graphdef, tx, schedule, abstract_state, state_shardings,
+               ema_decay)
 
 
 def init_state(setup: Setup) -> dict:
@@ -91,8 +97,11 @@ def init_state(setup: Setup) -> dict:
     with nnx.logical_axis_rules(parallel.LOGICAL_RULES):
       model = objective.make_model(config, setup.assets, nnx.Rngs(config.seed))
     params = nnx.to_pure_dict(nnx.state(model))
-    return {"params": params, "opt_state": setup.tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.PRNGKey(config.seed + 1)}
+    state = {"params": params, "opt_state": setup.tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "rng": jax.random.PRNGKey(config.seed + 1)}
+    if setup.ema_decay > 0:
+      state["ema_params"] = jax.tree.map(jnp.copy, params)
+    return state
 
   with jax.set_mesh(setup.mesh):
     return jax.jit(init, out_shardings=setup.state_shardings)()
@@ -105,6 +114,25 @@ def _micro_batches(batch, accum_steps: int):
     x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:]).swapaxes(0, 1)
     return parallel.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
   return jax.tree.map(split, batch)
+
+
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+  """The averaging weight of update number `step` (0-based): min(decay, (1 + step) / (10 + step)).
+
+  The warm-up term keeps early averages from being dominated by the random initialisation
+  (with decay 0.9999 the plain average would still be 90% init after 1,000 steps)."""
+  step = step.astype(jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema_params, params, decay_t: jax.Array):
+  """decay_t * ema + (1 - decay_t) * params, leaf by leaf, in the params' dtype."""
+  return jax.tree.map(lambda e, p: (decay_t * e + (1.0 - decay_t) * p).astype(p.dtype), ema_params, params)
+
+
+def eval_params(state: dict):
+  """The parameters evaluation and inference use: the moving average when the run keeps one."""
+  return state.get("ema_params", state["params"])
 
 
 def make_train_step(setup: Setup) -> Callable:
@@ -135,8 +163,10 @@ def make_train_step(setup: Setup) -> Callable:
       # Mean over micro-batches of each micro-batch's mean loss.
       grads, metrics = jax.tree.map(lambda x: x / accum_steps, total)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
-                 "step": state["step"] + 1, "rng": state["rng"]}
+    new_params = optax.apply_updates(params, updates)
+    new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+    if setup.ema_decay > 0:
+      new_state["ema_params"] = ema_update(state["ema_params"], new_params, ema_decay_at(setup.ema_decay, state["step"]))
     metrics = {f"train/{k}": v for k, v in metrics.items()}
     metrics["train/grad_norm"] = optax.tree.norm(grads)
     metrics["train/learning_rate"] = schedule(state["step"])
@@ -162,7 +192,7 @@ def jit_train_step(setup: Setup, batch_example) -> Any:
 def evaluate(setup: Setup, eval_step, params, eval_batches) -> dict:
   """The objective's metrics over the fixed validation set; one host sync, at the end."""
   outputs = [eval_step(params, batch) for batch in eval_batches]
-  return setup.objective.finish_eval(jax.device_get(outputs))
+  return setup.objective.finish_eval(jax.device_get(outputs), setup.assets)
 
 
 class _Preemption:
@@ -225,6 +255,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
     if config.checkpoint.init_from:
       params, from_step = checkpointing.latest_params(config.checkpoint.init_from, setup.abstract_state["params"])
       state["params"] = params
+      if "ema_params" in state:  # the average starts from the loaded weights, not the random ones
+        state["ema_params"] = jax.tree.map(jnp.copy, params)
       say(f"params initialised from {config.checkpoint.init_from} (step {from_step})")
 
   eval_batches = [parallel.global_batch(b, mesh) for b in
@@ -267,7 +299,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
         values.update(throughput.measure(step))
       if _is_eval_step(config, step, total):
         t0 = time.perf_counter()
-        last_eval = evaluate(setup, eval_step, state["params"], eval_batches)
+        last_eval = evaluate(setup, eval_step, eval_params(state), eval_batches)
+        # Evaluators may return images (np.ndarray, H x W x C uint8) beside scalars: sample grids.
+        writer.write_images(step, {k: v for k, v in last_eval.items() if isinstance(v, np.ndarray)})
+        last_eval = {k: v for k, v in last_eval.items() if not isinstance(v, np.ndarray)}
         throughput.exclude(time.perf_counter() - t0)
         values.update(last_eval)
       if values:

@@ -12,6 +12,10 @@ undecodable image or an empty caption is an error naming file:line and the image
 `bad_images='error'`, and dropped (and counted in the log) under `'skip'`. The validation split
 is by image: the `eval_fraction` of images whose path hashes lowest, so no image is in both
 splits, and adding images moves few others.
+
+Without a captions file (config.data.captions_file = '', for paradigms that need no text, such
+as unconditional diffusion) every image file under image_dir is an example with no captions,
+and the fingerprint covers the folder's listing instead.
 """
 
 import concurrent.futures
@@ -29,6 +33,7 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 _TSV_SUFFIXES = (".tsv", ".txt")
 _CHECK_THREADS = 8  # image decoding in PIL releases the GIL
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,19 +129,47 @@ def _absolute(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path))
 
 
+def folder_images(image_dir: str) -> list[str]:
+  """Every image file under image_dir (by suffix), as sorted paths relative to it."""
+  found = []
+  for root, dirs, files in os.walk(image_dir):
+    dirs.sort()
+    found += [os.path.relpath(os.path.join(root, f), image_dir) for f in files
+              if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]
+  return sorted(found)
+
+
+def _uncaptioned_config(data_config, image_dir: str, fraction: float, policy: str) -> ImageFolderConfig:
+  images_found = folder_images(image_dir)
+  if not images_found:
+    raise ValueError(f"config.data.image_dir={data_config.image_dir!r}: no image files ({', '.join(IMAGE_SUFFIXES)}) "
+                     f"under {image_dir}.")
+  pairs = tuple((image, (), os.path.join(image_dir, image)) for image in images_found)
+  stats = [os.stat(os.path.join(image_dir, image)) for image in images_found]
+  identity = (image_dir, tuple((image, s.st_size, s.st_mtime_ns) for image, s in zip(images_found, stats)))
+  return ImageFolderConfig(
+      name="f" + hashing.fingerprint(identity, fraction, policy), version="1.0.0",
+      description=f"{len(pairs)} images under {image_dir} (no captions)", image_dir=image_dir, captions_file="",
+      pairs=pairs, eval_fraction=fraction, bad_images=policy)
+
+
 def builder_config(data_config) -> ImageFolderConfig:
-  """Reads and checks the captions file; the config is named by a fingerprint of the data."""
-  image_dir, captions_file = _absolute(data_config.image_dir), _absolute(data_config.captions_file)
+  """Reads and checks the captions file (or lists the folder when there is none); the config is
+  named by a fingerprint of the data."""
+  image_dir = _absolute(data_config.image_dir)
   if not os.path.isdir(image_dir):
     raise FileNotFoundError(f"config.data.image_dir={data_config.image_dir!r}: no such directory ({image_dir}).")
-  if not os.path.isfile(captions_file):
-    raise FileNotFoundError(f"config.data.captions_file={data_config.captions_file!r}: no such file ({captions_file}).")
   policy = data_config.bad_images
   if policy not in BAD_IMAGE_POLICIES:
     raise ValueError(f"config.data.bad_images={policy!r}: choose one of {BAD_IMAGE_POLICIES}.")
   fraction = float(data_config.eval_fraction)
   if not 0.0 < fraction < 1.0:
     raise ValueError(f"config.data.eval_fraction={fraction}: must be in (0, 1) (the share of images held out).")
+  if not data_config.captions_file:
+    return _uncaptioned_config(data_config, image_dir, fraction, policy)
+  captions_file = _absolute(data_config.captions_file)
+  if not os.path.isfile(captions_file):
+    raise FileNotFoundError(f"config.data.captions_file={data_config.captions_file!r}: no such file ({captions_file}).")
   lines = read_lines(captions_file)
   grouped, skipped = group_captions(lines, image_dir, policy)
   if skipped:
@@ -217,10 +250,12 @@ class FmjaxImageFolder(tfds.core.GeneratorBasedBuilder):
         raise ValueError(f"{problem} (config.data.bad_images='error'; 'skip' drops such pairs).")
     if len(usable) < len(config.pairs):
       logging.warning("%s: skipped %d undecodable images (config.data.bad_images='skip').",
-                      config.captions_file, len(config.pairs) - len(usable))
+                      config.captions_file or config.image_dir, len(config.pairs) - len(usable))
     if len(usable) < 2:
+      source = (f"config.data.captions_file={config.captions_file!r}" if config.captions_file
+                else f"config.data.image_dir={config.image_dir!r}")
       raise ValueError(
-          f"config.data.captions_file={config.captions_file!r}: {len(usable)} usable image(s); at least 2 "
+          f"{source}: {len(usable)} usable image(s); at least 2 "
           "are needed (training images and held-out ones, config.data.eval_fraction).")
     validation = held_out([image for image, _, _ in usable], config.eval_fraction)
     return {

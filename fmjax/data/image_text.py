@@ -158,7 +158,7 @@ def _to_pair(index: int, record: dict, *, opened: _Opened, split: str) -> dict:
   label = int(record[opened.label_key]) if opened.label_key else NO_LABEL
   if opened.caption_key:
     captions = caption_strings(record, opened.caption_key)
-    if not captions:
+    if not captions and not opened.path_key:  # the user's images may come without captions
       raise ValueError(f"image {source}: no caption under config.data.caption_key={opened.caption_key!r}.")
   else:
     captions = list(opened.label_captions[label])
@@ -432,8 +432,9 @@ def caption_texts(data_config, max_chars: int, seed: int = 0) -> Iterator[str]:
 # ---- config checks ---------------------------------------------------------------------------
 
 
-def validate(config) -> None:
-  """Cheap checks of config.data (nothing is opened or built): ConfigError naming the field."""
+def validate(config, captions_required: bool = True) -> None:
+  """Cheap checks of config.data (nothing is opened or built): ConfigError naming the field.
+  captions_required=False lets the user's images come without a captions file (image_dir alone)."""
   from fmjax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top  (models stay unloaded)
 
   data = config.data
@@ -461,7 +462,8 @@ def validate(config) -> None:
   check(isinstance(data.flip, bool), "flip", "must be True or False")
   if data.image_dir or data.captions_file:
     check(bool(data.image_dir), "image_dir", f"must be set with config.data.captions_file={data.captions_file!r}")
-    check(bool(data.captions_file), "captions_file", f"must be set with config.data.image_dir={data.image_dir!r}")
+    if captions_required:
+      check(bool(data.captions_file), "captions_file", f"must be set with config.data.image_dir={data.image_dir!r}")
   else:
     check(bool(data.dataset), "dataset", "must be 'digits', a prepared tfds name, or set image_dir + captions_file")
     if data.dataset != "digits":

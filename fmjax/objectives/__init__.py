@@ -18,8 +18,14 @@ def _contrastive():
   return Contrastive()
 
 
+def _diffusion():
+  from fmjax.objectives.diffusion import Diffusion
+  return Diffusion()
+
+
 # Lazy constructors: importing one paradigm never pulls in another's dependencies.
-REGISTRY = {"causal_lm": _causal_lm, "masked_lm": _masked_lm, "contrastive": _contrastive}
+REGISTRY = {"causal_lm": _causal_lm, "masked_lm": _masked_lm, "contrastive": _contrastive,
+            "diffusion": _diffusion}
 
 
 def get(name: str) -> Objective:

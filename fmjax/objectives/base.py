@@ -65,8 +65,10 @@ class Objective(abc.ABC):
   def eval_outputs(self, model: nnx.Module, batch: Batch) -> dict:
     return self.eval_sums(model, batch)
 
-  def finish_eval(self, outputs: list) -> dict:
-    """Metrics from the host copies of every batch's `eval_outputs`, keys prefixed 'eval/'."""
+  def finish_eval(self, outputs: list, assets: Any = None) -> dict:
+    """Metrics from the host copies of every batch's `eval_outputs`, keys prefixed 'eval/'.
+    A value may also be an image (np.ndarray, H x W x C uint8, e.g. a grid of samples): the
+    trainer writes it to `workdir/<key>/step_N.png` and TensorBoard instead of metrics.jsonl."""
     sums = {k: float(sum(float(o[k]) for o in outputs)) for k in outputs[0]} if outputs else {}
     return self.eval_metrics(sums)
 
@@ -88,3 +90,9 @@ class Objective(abc.ABC):
 
   def param_count(self, config, assets) -> int | None:
     return None
+
+  def ema_decay(self, config) -> float:
+    """> 0: the train state also keeps an exponential moving average of the parameters with
+    this decay (warmed up: see `fmjax.train.ema_decay_at`), checkpointed, and used by
+    evaluation and inference. 0: none."""
+    return 0.0

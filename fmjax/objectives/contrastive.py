@@ -118,7 +118,7 @@ class Contrastive(Objective):
         out[key] = batch[key]
     return out
 
-  def finish_eval(self, outputs):
+  def finish_eval(self, outputs, assets=None):
     def gather(kind_key, *keys):
       group = [o for o in outputs if kind_key(o)]
       if not group:
