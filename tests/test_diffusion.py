@@ -21,10 +21,13 @@ from fmjax.objectives import diffusion_sampling
 from fmjax.sample import ImageSampler
 
 STEPS = 400
-# Bars for the 400-step default-run cut of `tiny` (the full 3000-step figures are in the config's
-# docstring and the slow test below). Measured at step 400: FILLED_IN_BELOW.
+# Bars for the 400-step default-run cut of `tiny` at a constant learning rate (the full 2000-step
+# figures are in the config's docstring and the slow test below). Measured at step 400 (8 fake CPU
+# devices, jax 0.10.2): eval loss 0.163, 53% of 200 samples (25 DDIM steps) recognised as the
+# requested digit, chance 10%. The bars leave room for seeds and library versions while staying
+# far above chance.
 MAX_EVAL_LOSS = 0.2
-MIN_SAMPLE_ACCURACY = 0.3      # chance is 0.1
+MIN_SAMPLE_ACCURACY = 0.25
 
 
 def tiny(tmp, variant="tiny", **overrides):
@@ -48,8 +51,10 @@ def small(tmp, variant="tiny", **overrides):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("diffusion")
+  # A constant learning rate after warm-up: the full schedule would decay within these few steps.
   config = tiny(tmp, train__steps=STEPS, train__eval_every=STEPS, checkpoint__every=STEPS,
-                optim__warmup_steps=50, diffusion__eval_samples=200, diffusion__sample_steps=25)
+                optim__warmup_steps=50, optim__decay="constant", diffusion__eval_samples=200,
+                diffusion__sample_steps=25)
   result = train.train_and_evaluate(config, str(tmp / "run"))
   return config, str(tmp / "run"), result
 
@@ -144,6 +149,7 @@ def _setup(config, devices):
   return train.build(config, objective, objective.stand_in_assets(config), mesh)
 
 
+@pytest.mark.smoke
 def test_ema_follows_the_params_step_by_step(tmp_path):
   config = small(tmp_path, train__batch_size=8, diffusion__ema_decay=0.9)
   setup = _setup(config, jax.devices()[:1])
@@ -166,10 +172,10 @@ def test_ema_follows_the_params_step_by_step(tmp_path):
   assert any(moved), "the average must lag behind the params"
 
 
-@pytest.mark.parametrize("variant", ["tiny", "tiny-label"])
-def test_resume_is_exact_including_the_ema(tmp_path, variant):
+def test_resume_is_exact_including_the_ema(tmp_path, variant="tiny-label"):
+  """Class-conditional (the caption path is the trained fixture's)."""
   config = small(tmp_path, variant, train__steps=4, checkpoint__every=2, diffusion__ema_decay=0.9,
-                 diffusion__eval_samples=8)
+                 diffusion__eval_samples=0)  # the denoising eval alone: sampling is covered elsewhere
   straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
   assert train.train_and_evaluate(config, str(tmp_path / "resumed"), stop_at=2)["step"] == 2
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
@@ -177,8 +183,6 @@ def test_resume_is_exact_including_the_ema(tmp_path, variant):
                         if "train/loss" in json.loads(l)]
   assert losses("resumed")[-2:] == losses("straight")[-2:]
   assert resumed["eval/loss"] == straight["eval/loss"]
-  assert resumed["eval/frechet_distance"] == straight["eval/frechet_distance"]
-  objective = objectives.get("diffusion")
   from fmjax import checkpointing
   abstract = _setup(config, jax.devices()[:1]).abstract_state
   params = {}
@@ -189,7 +193,6 @@ def test_resume_is_exact_including_the_ema(tmp_path, variant):
     ckpt.close()
   for a, b in zip(jax.tree.leaves(params["straight"]), jax.tree.leaves(params["resumed"])):
     np.testing.assert_array_equal(a, b)
-  del objective
 
 
 # ---- sharding, guidance ----------------------------------------------------------------------
@@ -211,18 +214,16 @@ def test_sharded_equals_single_device_loss_and_grads(tmp_path, variant):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
 
 
+@pytest.mark.smoke
 def test_guidance_at_scale_one_is_the_conditional_model(tmp_path):
   config = small(tmp_path)
-  objective = objectives.get("diffusion")
-  assets = objective.stand_in_assets(config)
-  with nnx.use_eager_sharding(False):
-    model = objective.make_model(config, assets, nnx.Rngs(0))
+  setup = _setup(config, jax.devices()[:1])
+  objective, assets = setup.objective, setup.assets
+  params = jax.device_get(train.init_state(setup)["params"])  # jitted init: fast
   # Perturb every parameter so the zero-initialised layers do not hide the condition.
-  graphdef, state = nnx.split(model)
-  leaves, tree = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
-  model = nnx.merge(graphdef, jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape)
-                                                        for x, k in zip(leaves, keys)]))
+  rng = np.random.default_rng(3)
+  params = jax.tree.map(lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype), params)
+  model = nnx.merge(setup.graphdef, params)
   batch = {k: jnp.asarray(v) for k, v in objective.synthetic_batch(config, assets, 4).items()}
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
   t = jnp.array([999, 500, 10, 0], jnp.int32)
@@ -269,7 +270,7 @@ def test_sample_grid_layout():
 
 def test_training_batches_carry_the_condition(tmp_path):
   for variant, key, shape in (("tiny", "text_tokens", (16, 48)), ("tiny-label", "labels", (16,))):
-    config = small(tmp_path, variant)
+    config = small(tmp_path, variant, diffusion__eval_samples=0)  # no judge needed
     objective = objectives.get("diffusion")
     assets = objective.prepare_assets(config, None)
     batch = next(iter(objective.train_data(config, assets, process_index=0, process_count=1)))
@@ -310,12 +311,14 @@ def test_benchmark_covers_diffusion(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_full_tiny_config_draws_recognisable_digits(tmp_path):
-  """The `tiny` config as shipped (3000 steps, ~MINUTES on 2 cores): the figures of its docstring."""
+  """The `tiny` config as shipped (2000 steps, ~12 min on 2 cores): the figures of its docstring
+  (measured 100% recognised, eval loss 0.136, Frechet distance 1.56)."""
   config = tiny(tmp_path)
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
   print("tiny diffusion:", {k: v for k, v in result.items() if k.startswith("eval/")})
-  assert result["eval/sample_accuracy"] > 0.8, result
-  assert result["eval/loss"] < 0.1, result
+  assert result["eval/sample_accuracy"] > 0.9, result
+  assert result["eval/loss"] < 0.15, result
+  assert result["eval/frechet_distance"] < 2.5, result
 
 
 def test_trains_unconditionally_on_a_folder_without_captions(tmp_path):
@@ -328,9 +331,9 @@ def test_trains_unconditionally_on_a_folder_without_captions(tmp_path):
   (folder / "notes.txt").write_text("not an image")
   config = small(tmp_path, train__steps=2, diffusion__condition="none", diffusion__guidance=1.0,
                  data__dataset="", data__image_dir=str(tmp_path / "images"), data__captions_file="",
-                 data__eval_fraction=0.25, model__channels=3, diffusion__eval_samples=4, train__batch_size=8)
+                 data__eval_fraction=0.25, model__channels=3, diffusion__eval_samples=0, train__batch_size=8)
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert result["step"] == 2 and np.isfinite(result["eval/loss"]) and result["eval/samples"] == 4
+  assert result["step"] == 2 and np.isfinite(result["eval/loss"])
   images = ImageSampler.from_workdir(str(tmp_path / "run")).sample(num=3, steps=2)
   assert images.shape == (3, 8, 8, 3)
   config.diffusion.condition = "text"

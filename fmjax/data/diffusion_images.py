@@ -82,7 +82,7 @@ def make_train_dataset(config, tokenizer, *, process_index: int, process_count: 
   (crop, flip, caption) is seeded by (config.seed, element index)."""
   data, condition = config.data, config.diffusion.condition
   batch_size = local_batch_size(config, process_count)
-  ds = shard_for_process(image_text.open_pairs(data, data.train_split), process_index, process_count)
+  ds = shard_for_process(image_text.open_pairs(data, data.train_split, require_text=condition == "text"), process_index, process_count)
   if len(ds) == 0:
     raise ValueError(f"training split {data.train_split!r} (config.data.train_split) of "
                      f"{image_text.describe_dataset(data)} has no images for process {process_index} of {process_count}.")
@@ -104,7 +104,7 @@ def heldout_pairs(config) -> grain.MapDataset:
   """The fixed held-out set: config.data.eval_examples images (0 = all) of the eval split, spread
   over it by a seed-0 shuffle, the same whatever config.seed is."""
   data = config.data
-  pairs = image_text.open_pairs(data, data.eval_split)
+  pairs = image_text.open_pairs(data, data.eval_split, require_text=config.diffusion.condition == "text")
   if len(pairs) == 0:
     raise ValueError(f"evaluation split {data.eval_split!r} (config.data.eval_split) of "
                      f"{image_text.describe_dataset(data)} is empty.")
@@ -143,7 +143,10 @@ def denoising_eval_batches(config, tokenizer, *, process_index: int, process_cou
 
 
 def _sample_row(index: int, pair: dict, *, condition: str, tokenizer, text_len: int) -> dict:
-  row = {"sample_seed": np.int32(index), "sample_label": np.int32(max(pair["label"], -1))}
+  # The class asked for, to judge the sample by; none for an unconditional model (it is asked
+  # for nothing, whatever the image's label).
+  requested = pair["label"] if condition != "none" else -1
+  row = {"sample_seed": np.int32(index), "sample_label": np.int32(requested)}
   row.update(_condition_fields(pair, condition, tokenizer, text_len, None))
   return row
 
@@ -170,7 +173,7 @@ def real_images(config, split: str, max_count: int, seed: int = 0) -> tuple[np.n
   larger) as uint8 [N, S, S, C], and their labels (None when the dataset has none): what the
   sample-quality judge learns from."""
   data = config.data
-  pairs = image_text.open_pairs(data, split)
+  pairs = image_text.open_pairs(data, split, require_text=config.diffusion.condition == "text")
   if len(pairs) == 0:
     raise ValueError(f"split {split!r} of {image_text.describe_dataset(data)} is empty.")
   subset = pairs.shuffle(seed=seed)[:min(int(max_count), len(pairs))] if max_count else pairs

@@ -85,7 +85,7 @@ def _check_feature(builder, field: str, key: str) -> None:
     raise ValueError(f"config.data.{field}={key!r} is not a feature of {builder.info.full_name}; its features are {keys}.")
 
 
-def _open(data_config) -> _Opened:
+def _open(data_config, require_text: bool = True) -> _Opened:
   data_dir = building.resolve_data_dir(data_config)
   kind = _kind(data_config)
   if kind == "pairs":
@@ -103,7 +103,7 @@ def _open(data_config) -> _Opened:
       _check_feature(builder, "caption_key", caption_key)
       if label_key not in _feature_keys(builder):
         label_key = ""  # caption datasets (coco) have no labels; the default 'label' is not an error
-    elif not label_key:
+    elif not label_key and require_text:
       raise ValueError(f"config.data.caption_key and config.data.label_key are both empty: {builder.info.full_name} "
                        "needs one of them for its captions.")
   image_key = "image" if kind == "digits" else data_config.image_key
@@ -161,7 +161,7 @@ def _to_pair(index: int, record: dict, *, opened: _Opened, split: str) -> dict:
     if not captions and not opened.path_key:  # the user's images may come without captions
       raise ValueError(f"image {source}: no caption under config.data.caption_key={opened.caption_key!r}.")
   else:
-    captions = list(opened.label_captions[label])
+    captions = list(opened.label_captions[label]) if opened.label_key else []  # images alone (diffusion)
   return {"image": record[opened.image_key], "captions": captions, "label": label, "source": source}
 
 
@@ -184,9 +184,9 @@ def _pairs(opened: _Opened, split: str) -> grain.MapDataset:
   return grain.MapDataset.source(source).map_with_index(functools.partial(_to_pair, opened=opened, split=split))
 
 
-def open_pairs(data_config, split: str) -> grain.MapDataset:
+def open_pairs(data_config, split: str, require_text: bool = True) -> grain.MapDataset:
   """The split as a grain MapDataset of pairs (see the module notes), in stored order."""
-  return _pairs(_open(data_config), split)
+  return _pairs(_open(data_config, require_text), split)
 
 
 # ---- tokens ----------------------------------------------------------------------------------
@@ -468,5 +468,6 @@ def validate(config, captions_required: bool = True) -> None:
     check(bool(data.dataset), "dataset", "must be 'digits', a prepared tfds name, or set image_dir + captions_file")
     if data.dataset != "digits":
       check(bool(data.image_key), "image_key", "must name the image feature of the dataset")
-      check(bool(data.caption_key or data.label_key), "caption_key",
-            "caption_key or label_key must be set: captions come from one of them")
+      if captions_required:
+        check(bool(data.caption_key or data.label_key), "caption_key",
+              "caption_key or label_key must be set: captions come from one of them")
