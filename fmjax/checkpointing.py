@@ -97,6 +97,25 @@ def latest_params(workdir: str, abstract_params: Any, prefer_ema: bool = False) 
     ckpt.close()
 
 
+def latest_params_as_saved(workdir: str, sharding: jax.sharding.Sharding) -> tuple[Any, int]:
+  """Params of another run's newest complete checkpoint in the shapes it saved them, whatever
+  model this run builds, placed with `sharding` (replicated: any part can then move anywhere).
+  For seeding a part of a different model (fmjax.param_transfer)."""
+  if not paths.isdir(checkpoint_dir(workdir)):
+    raise FileNotFoundError(f"no checkpoints in {checkpoint_dir(workdir)}: is {workdir!r} the workdir of a run?")
+  ckpt = Checkpointer(workdir, keep=1, async_save=False, read_only=True)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no complete checkpoint")
+    metadata = ckpt.manager.item_metadata(step)["params"]
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), metadata,
+                            is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+    return ckpt.restore_params(step, abstract), step
+  finally:
+    ckpt.close()
+
+
 def abstract_like(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStruct targets carrying the shardings to restore onto."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -69,6 +69,9 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> None:
   for section in transformer_sections(config.model, "model"):
     validate_transformer(config, section, fsdp=fsdp, tensor=tensor)
 
+  subtrees = config.checkpoint.get("init_subtrees", "")
+  _check(not subtrees or bool(config.checkpoint.init_from), "checkpoint.init_subtrees", subtrees,
+         "names parts of the run in config.checkpoint.init_from, which is empty")
   if config.checkpoint.init_from:
     _check(paths.isdir(paths.absolute(config.checkpoint.init_from)), "checkpoint.init_from", config.checkpoint.init_from,
            "must be the workdir of an earlier run (directory not found)")

@@ -103,6 +103,8 @@ def checkpoint(**overrides) -> ml_collections.ConfigDict:
       keep=3,
       async_save=True,
       init_from="",                # a workdir whose latest params seed this run (fine-tuning)
+      init_subtrees="",            # with init_from: only these parts of its params, e.g. 'encoder'
+                                   # or 'encoder=audio_encoder' (fmjax.param_transfer); '' = all
   ), overrides)
 
 

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fmjax import checkpointing, config_checks, metrics as metrics_lib, objectives, optim, parallel, paths
+from fmjax import checkpointing, config_checks, metrics as metrics_lib, objectives, optim, param_transfer, parallel, paths
 
 
 @dataclasses.dataclass
@@ -133,6 +133,21 @@ def ema_update(ema_params, params, decay_t: jax.Array):
 def eval_params(state: dict):
   """The parameters evaluation and inference use: the moving average when the run keeps one."""
   return state.get("ema_params", state["params"])
+
+
+def initial_params(setup: Setup, fresh_params) -> tuple[Any, int]:
+  """The params `config.checkpoint.init_from` seeds this run with: the source run's whole model,
+  or (config.checkpoint.init_subtrees) only the named parts of it, the rest as initialised."""
+  config = setup.config
+  mapping = param_transfer.parse_mapping(config.checkpoint.init_subtrees)
+  if not mapping:
+    return checkpointing.latest_params(config.checkpoint.init_from, setup.abstract_state["params"])
+  source, from_step = checkpointing.latest_params_as_saved(config.checkpoint.init_from,
+                                                           NamedSharding(setup.mesh, P()))
+  params, _ = param_transfer.transfer(source, fresh_params, mapping)
+  # Copied parts arrive replicated; every leaf goes back to the sharding this run gives it.
+  params = jax.jit(lambda p: p, out_shardings=setup.state_shardings["params"])(params)
+  return params, from_step
 
 
 def make_train_step(setup: Setup) -> Callable:
@@ -253,7 +268,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
   else:
     state = init_state(setup)
     if config.checkpoint.init_from:
-      params, from_step = checkpointing.latest_params(config.checkpoint.init_from, setup.abstract_state["params"])
+      params, from_step = initial_params(setup, state["params"])
       state["params"] = params
       if "ema_params" in state:  # the average starts from the loaded weights, not the random ones
         state["ema_params"] = jax.tree.map(jnp.copy, params)

@@ -34,6 +34,7 @@ CASES = [
     ({"data.eval_fraction": 0.0}, "config.data.eval_fraction=0.0"),
     ({"data.seq_len": -5}, "config.data.seq_len=-5"),
     ({"checkpoint.init_from": "/nonexistent/run"}, "config.checkpoint.init_from='/nonexistent/run'"),
+    ({"checkpoint.init_subtrees": "encoder"}, "config.checkpoint.init_subtrees='encoder'"),
 ]
 
 
