@@ -163,3 +163,40 @@ def image_text_data(**overrides) -> ml_collections.ConfigDict:
       eval_examples=1024,          # held-out pairs evaluated (0 = the whole split)
       prefetch=2,
   ), overrides)
+
+
+def speech_data(**overrides) -> ml_collections.ConfigDict:
+  """(audio, transcript) utterances for the speech paradigm (fmjax.data.speech). Batches carry
+  16 kHz waveforms; log-mel features are computed on the device."""
+  return _section(dict(
+      dataset="speech_synth",      # 'speech_synth' (offline: English commands and digit strings
+                                   # synthesised with eSpeak NG; 'speech_synth/small' for tests) or
+                                   # a prepared tfds catalog name (librispeech, speech_commands)
+      data_dir="",                 # tfds data dir; '' = $FMJAX_DATA_DIR or ~/tensorflow_datasets
+      audio_dir="",                # the user's utterances: a folder of wav / flac files ...
+      transcripts_file="",         # ... and a TSV (path<TAB>transcript) or JSONL ({"audio": path,
+                                   # "text": ...}) file, paths relative to audio_dir; overrides
+                                   # `dataset`. '' with audio_dir set: every audio file, no text
+                                   # (masked pretraining only)
+      eval_fraction=0.1,           # the user's files: fraction held out for evaluation
+      audio_key="audio",           # catalog: the audio feature (librispeech: 'speech')
+      text_key="text",             # catalog: the transcript feature, when the dataset has one
+      label_key="label",           # catalog: else the class label, whose name is the transcript
+                                   # (speech_commands)
+      train_split="train",
+      eval_split="validation",     # librispeech: 'dev_clean'
+      max_seconds=4.0,             # the window: audio is zero padded to this many seconds
+      crop=False,                  # longer audio: True = a random window in training, the first in
+                                   # evaluation (for masked pretraining); False = bad input
+      noise_snr_db=0.0,            # training: white or pink noise at an SNR drawn from
+                                   # [this, this + 20] dB; 0 = no noise
+      bad_audio="error",           # a missing / undecodable / too long file or an empty transcript:
+                                   # 'error' (name it and stop) or 'skip' (drop it, count it in the log)
+      tokenizer="byte",            # transcripts: 'byte' or 'sentencepiece' (trained on them)
+      vocab_size=0,                # sentencepiece only
+      tokenizer_dir="",            # where a trained tokenizer is cached; '' = next to the data
+      text_len=64,                 # transcript tokens incl. BOS and EOS (longer ones are cut)
+      shuffle=True,
+      eval_examples=0,             # held-out utterances evaluated (0 = the whole split)
+      prefetch=2,                  # batches prepared ahead of the step, in a thread
+  ), overrides)

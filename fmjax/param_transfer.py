@@ -82,5 +82,14 @@ def transfer(source_params: Mapping, dest_params: Mapping, mapping: list[tuple[s
   copied = check_compatible(source_params, dest_params, mapping)
   params = dict(dest_params)
   for source, destination in mapping:
-    params = _replace(params, destination, _subtree(source_params, source, "the source run's"))
+    values = _leaves(_subtree(source_params, source, "the source run's"))
+    params = _replace(params, destination, _rebuild(_subtree(dest_params, destination, "this model's"), values))
   return params, copied
+
+
+def _rebuild(like: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
+  """`like`'s structure (its key types too: a restored checkpoint spells list indices as
+  strings, a live model as integers) holding `values`, keyed by leaf path."""
+  if isinstance(like, Mapping):
+    return {key: _rebuild(like[key], values, f"{prefix}/{key}" if prefix else str(key)) for key in like}
+  return values[prefix]

@@ -11,10 +11,17 @@ With `adaln=True` (the DiT denoiser) each block is conditioned by adaLN-Zero: a 
 Dense of SiLU(condition) gives a shift, scale and gate per branch; the LayerNorms lose their own
 affine parameters (the per-example shift and scale replace them) and every block starts as the
 identity, since all its gates are zero.
+
+With `cross_attention=True` (a decoder reading an encoder, as in Whisper) each block gains a
+third, pre-LN sublayer between self-attention and the MLP: queries from the block's input,
+keys and values from `context_BxSxD` (the encoder's output), a key mask from
+`context_mask_BxS`, no causal mask and no rotary positions (the context carries its own). For
+decoding, the context's keys and values are computed once per layer and kept in the caches
+next to the self-attention ones, so each new token costs one query projection per layer.
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +47,7 @@ class StackConfig:
   scan_layers: bool = False
   remat: str = "none"
   adaln: bool = False               # adaLN-Zero conditioning: blocks take condition_BxD
+  cross_attention: bool = False     # blocks also attend to a context (an encoder's output)
 
   @property
   def head_dim(self) -> int:
@@ -156,6 +164,33 @@ class SelfAttention(nnx.Module):
     return y_BxTxD, cache
 
 
+class CrossAttention(SelfAttention):
+  """Queries from x, keys and values from a context: the same parameters as self-attention
+  (the key/value projections read the context, so it must have the stack's width)."""
+
+  def context_kv(self, context_BxSxD: jax.Array) -> dict:
+    """The context's keys and values (B, S, H, Dh) in the compute dtype: what decoding caches."""
+    dt = self.cfg.compute_dtype
+    context_BxSxD = context_BxSxD.astype(dt)
+    project = lambda w, b: jnp.einsum("bsd,dhk->bshk", context_BxSxD, w[...].astype(dt)) + b[...].astype(dt)
+    return {"cross_k": project(self.key, self.key_bias), "cross_v": project(self.value, self.value_bias)}
+
+  def __call__(self, x_BxTxD, *, kv, mask):
+    dt = x_BxTxD.dtype
+    q_BxTxHxDh = jnp.einsum("btd,dhk->bthk", x_BxTxD, self.query[...].astype(dt)) + self.query_bias[...].astype(dt)
+    y_BxTxHxDh = attention.attend(q_BxTxHxDh, kv["cross_k"].astype(dt), kv["cross_v"].astype(dt), mask=mask,
+                                  is_causal=False, implementation=self.cfg.attention)
+    return jnp.einsum("bthk,hkd->btd", y_BxTxHxDh, self.out[...].astype(dt)) + self.out_bias[...].astype(dt)
+
+
+def context_attention_mask(context_mask_BxS: Optional[jax.Array], queries: int) -> Optional[jax.Array]:
+  """(B, S) key mask -> (B, 1, T, S), spelled out along T: the padded (cuDNN) path pads that axis."""
+  if context_mask_BxS is None:
+    return None
+  b, s = context_mask_BxS.shape
+  return jnp.broadcast_to(context_mask_BxS.astype(bool)[:, None, None, :], (b, 1, queries, s))
+
+
 class Mlp(nnx.Module):
   def __init__(self, cfg: StackConfig, rngs: nnx.Rngs):
     init = nnx.initializers.normal(0.02)
@@ -176,26 +211,60 @@ class Block(nnx.Module):
   """x + attn(ln(x)); x + mlp(ln(x)), with dropout on each residual branch.
 
   With adaLN: x + gate * attn(ln(x) * (1 + scale) + shift), likewise for the MLP, the six
-  vectors computed from `condition_BxD`."""
+  vectors computed from `condition_BxD`. With cross-attention: x + cross(ln(x), context) between
+  the two, with its own dropout."""
 
   def __init__(self, cfg: StackConfig, rngs: nnx.Rngs):
+    if cfg.cross_attention and cfg.adaln:
+      raise ValueError("StackConfig: cross_attention=True with adaln=True is not supported (adaLN modulates "
+                       "only the self-attention and MLP branches); choose one")
     self.ln_attn = LayerNorm(cfg.embed_dim, rngs, affine=not cfg.adaln)
     self.attn = SelfAttention(cfg, rngs)
+    if cfg.cross_attention:
+      self.ln_cross = LayerNorm(cfg.embed_dim, rngs)
+      self.cross_attn = CrossAttention(cfg, rngs)
+    else:
+      self.ln_cross = self.cross_attn = None
     self.ln_mlp = LayerNorm(cfg.embed_dim, rngs, affine=not cfg.adaln)
     self.mlp = Mlp(cfg, rngs)
     self.modulation = AdaLNModulation(cfg.embed_dim, 6, rngs) if cfg.adaln else None
     self.rate = cfg.dropout
 
   def __call__(self, x_BxTxD, *, positions_BxT, mask, is_causal, dropout_rng=None, cache=None,
-               cache_index=None, condition_BxD=None):
-    rng_attn, rng_mlp = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+               cache_index=None, condition_BxD=None, context_BxSxD=None, context_mask_BxS=None):
+    cross = self.cross_attn is not None
+    if not cross and (context_BxSxD is not None or context_mask_BxS is not None):
+      raise ValueError("context_BxSxD / context_mask_BxS given to a transformer block with cross_attention=False; "
+                       "only cross-attention stacks (StackConfig.cross_attention=True) take a context")
+    rng_attn, rng_cross, rng_mlp = None, None, None
+    if dropout_rng is not None:
+      # Two keys without cross-attention, as before it existed: the same dropout masks.
+      rng_attn, rng_mlp, *rest = jax.random.split(dropout_rng, 3 if cross else 2)
+      rng_cross = rest[0] if cross else None
     shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self._modulation(condition_BxD, x_BxTxD.dtype)
-    y, cache = self.attn(modulate(self.ln_attn(x_BxTxD), shift_attn, scale_attn), positions_BxT=positions_BxT,
-                         mask=mask, is_causal=is_causal, cache=cache, cache_index=cache_index)
+    self_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+    y, self_cache = self.attn(modulate(self.ln_attn(x_BxTxD), shift_attn, scale_attn), positions_BxT=positions_BxT,
+                              mask=mask, is_causal=is_causal, cache=self_cache, cache_index=cache_index)
     x_BxTxD = x_BxTxD + _gate(dropout(y, self.rate, rng_attn), gate_attn)
+    if cross:
+      kv = self._cross_kv(cache, context_BxSxD)
+      y = self.cross_attn(self.ln_cross(x_BxTxD), kv=kv,
+                          mask=context_attention_mask(context_mask_BxS, x_BxTxD.shape[1]))
+      x_BxTxD = x_BxTxD + dropout(y, self.rate, rng_cross)
+      if cache is not None:
+        self_cache = {**self_cache, "cross_k": kv["cross_k"], "cross_v": kv["cross_v"]}
     y = self.mlp(modulate(self.ln_mlp(x_BxTxD), shift_mlp, scale_mlp))
     x_BxTxD = x_BxTxD + _gate(dropout(y, self.rate, rng_mlp), gate_mlp)
-    return parallel.constrain(x_BxTxD, ("batch", "length", "act_embed")), cache
+    return parallel.constrain(x_BxTxD, ("batch", "length", "act_embed")), self_cache
+
+  def _cross_kv(self, cache, context_BxSxD) -> dict:
+    """The context's keys and values: from the cache when decoding filled it, else projected now."""
+    if cache is not None and "cross_k" in cache:
+      return {"cross_k": cache["cross_k"], "cross_v": cache["cross_v"]}
+    if context_BxSxD is None:
+      raise ValueError("a cross-attention block (StackConfig.cross_attention=True) needs context_BxSxD, or caches "
+                       "made with init_caches(..., context_BxSxD=...)")
+    return self.cross_attn.context_kv(context_BxSxD)
 
   def _modulation(self, condition_BxD, dtype) -> list:
     """adaLN's six (B, D) vectors, or six Nones for a block without adaLN."""
@@ -235,16 +304,21 @@ class TransformerStack(nnx.Module):
       self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
 
   def __call__(self, x_BxTxD, *, positions_BxT, mask, is_causal, dropout_rng=None, caches=None,
-               cache_index=None, condition_BxD=None):
-    """Returns (x, caches); `caches` is a list (or a stacked pytree under scan) of {'k','v'}.
-    `condition_BxD` (adaLN stacks only) is the same for every layer."""
+               cache_index=None, condition_BxD=None, context_BxSxD=None, context_mask_BxS=None):
+    """Returns (x, caches); `caches` is a list (or a stacked pytree under scan) of {'k','v'}
+    (plus {'cross_k','cross_v'} in a cross-attention stack). `condition_BxD` (adaLN stacks
+    only) and the context (cross-attention stacks only; True in `context_mask_BxS` where a
+    context position may be attended to) are the same for every layer."""
     cfg = self.cfg
     layer_rngs = None if dropout_rng is None else jax.random.split(dropout_rng, cfg.num_layers)
+    if context_BxSxD is not None:
+      context_BxSxD = parallel.constrain(context_BxSxD, ("batch", "length", "act_embed"))
 
     def apply_block(graphdef, state, x, rng, cache):
       block = nnx.merge(graphdef, state)
       return block(x, positions_BxT=positions_BxT, mask=mask, is_causal=is_causal,
-                   dropout_rng=rng, cache=cache, cache_index=cache_index, condition_BxD=condition_BxD)
+                   dropout_rng=rng, cache=cache, cache_index=cache_index, condition_BxD=condition_BxD,
+                   context_BxSxD=context_BxSxD, context_mask_BxS=context_mask_BxS)
 
     if cfg.scan_layers:
       graphdef, stacked = nnx.split(self.layers)
@@ -260,11 +334,46 @@ class TransformerStack(nnx.Module):
       new_caches.append(cache)
     return x_BxTxD, (None if caches is None else new_caches)
 
-  def init_caches(self, batch: int, length: int, dtype: Any) -> Any:
-    """Zeroed key/value caches for `length` slots, laid out as `__call__` expects them."""
+  def init_caches(self, batch: int, length: int, dtype: Any, context_BxSxD: Optional[jax.Array] = None) -> Any:
+    """Zeroed key/value caches for `length` slots, laid out as `__call__` expects them. A
+    cross-attention stack given `context_BxSxD` also gets each layer's context keys and values,
+    computed here once for the whole decode."""
     cfg = self.cfg
+    if context_BxSxD is not None and not cfg.cross_attention:
+      raise ValueError("init_caches: context_BxSxD given to a stack with cross_attention=False")
     shape = (batch, length, cfg.num_heads, cfg.head_dim)
     one = lambda: {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
     if cfg.scan_layers:
-      return jax.tree.map(lambda a: jnp.broadcast_to(a, (cfg.num_layers,) + a.shape), one())
-    return [one() for _ in range(cfg.num_layers)]
+      caches = jax.tree.map(lambda a: jnp.broadcast_to(a, (cfg.num_layers,) + a.shape), one())
+    else:
+      caches = [one() for _ in range(cfg.num_layers)]
+    if context_BxSxD is None:
+      return caches
+    if context_BxSxD.shape[0] != batch:
+      raise ValueError(f"init_caches: context_BxSxD has batch {context_BxSxD.shape[0]}, the caches {batch}")
+    cross = self.cross_caches(context_BxSxD)
+    if cfg.scan_layers:
+      return {**caches, **jax.tree.map(lambda a: a.astype(dtype), cross)}
+    return [{**c, **jax.tree.map(lambda a: a.astype(dtype), x)} for c, x in zip(caches, cross)]
+
+  def cross_caches(self, context_BxSxD: jax.Array) -> Any:
+    """Each layer's {'cross_k', 'cross_v'} (B, S, H, Dh) for a context: a list, or one pytree
+    stacked on a leading layer axis under scan_layers."""
+    if not self.cfg.cross_attention:
+      raise ValueError("cross_caches: this stack has cross_attention=False")
+    context_BxSxD = parallel.constrain(context_BxSxD, ("batch", "length", "act_embed"))
+    if self.cfg.scan_layers:
+      graphdef, stacked = nnx.split(self.layers)
+      return jax.vmap(lambda state: nnx.merge(graphdef, state).cross_attn.context_kv(context_BxSxD))(stacked)
+    return [block.cross_attn.context_kv(context_BxSxD) for block in self.layers]
+
+  def gather_cache_rows(self, caches: Any, rows_N: jax.Array, keys: Sequence[str] = ("k", "v")) -> Any:
+    """Caches whose batch row n is row `rows_N[n]` of `caches`, for the entries named in `keys`
+    (beam search reorders the self-attention entries by beam origin; the others are kept)."""
+    axis = 1 if self.cfg.scan_layers else 0
+    pick = lambda c: {k: (jnp.take(v, rows_N, axis=axis) if k in keys else v) for k, v in c.items()}
+    return pick(caches) if self.cfg.scan_layers else [pick(c) for c in caches]
+
+  def cache_length(self, caches: Any) -> int:
+    """Slots of the self-attention caches."""
+    return (caches["k"] if self.cfg.scan_layers else caches[0]["k"]).shape[-3]

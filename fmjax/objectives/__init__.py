@@ -23,9 +23,19 @@ def _diffusion():
   return Diffusion()
 
 
+def _speech_masked():
+  from fmjax.objectives.speech_masked import SpeechMasked
+  return SpeechMasked()
+
+
+def _speech_seq2seq():
+  from fmjax.objectives.speech_seq2seq import SpeechSeq2Seq
+  return SpeechSeq2Seq()
+
+
 # Lazy constructors: importing one paradigm never pulls in another's dependencies.
 REGISTRY = {"causal_lm": _causal_lm, "masked_lm": _masked_lm, "contrastive": _contrastive,
-            "diffusion": _diffusion}
+            "diffusion": _diffusion, "speech_masked": _speech_masked, "speech_seq2seq": _speech_seq2seq}
 
 
 def get(name: str) -> Objective:
