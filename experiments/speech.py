@@ -19,8 +19,13 @@ Variants (`get_config(arg)`):
                 the 8192-way head). Learning figures not yet measured.
   tiny          A transcriber: the same encoder, a 2 x 128 decoder with cross-attention, byte
                 tokens, teacher-forced cross-entropy; greedy decoding for the held-out WER/CER.
-                Batch 32, 2000 steps; 1.46M params. Learning figures (held-out CER against
-                always predicting the commonest transcript) not yet measured.
+                Batch 32, 2000 steps; 1.46M params. Measured from scratch (2 CPU cores shared
+                with another job, ~1.5 s/step) on the 240 held-out utterances (unseen sentences,
+                half of them in an unseen voice): step 500: CER 15.8%, WER 20.9%; step 1000:
+                CER 3.9%, WER 4.5% (the best single training transcript said to every utterance:
+                CER 69%). The full 2000 steps are not yet measured. The corpus pads every
+                utterance with 100-400 ms of silence: audio that starts with speech at once is
+                transcribed worse (seen on two freshly synthesised sentences).
   whisper-base  Whisper base's shape: 6 + 6 layers, 512 wide, 8 heads, 2x conv stem, 30 s windows
                 (1500 encoder frames), SentencePiece 8192 (49.3M params; 74M with Whisper's
                 51,865-entry vocabulary, as bench-whisper has), 128 tokens, SpecAugment, AdamW 1e-3
