@@ -33,7 +33,8 @@ class SpeechAssets:
 
 
 def window_samples(config) -> int:
-  return int(round(float(config.data.max_seconds) * SAMPLE_RATE))
+  """Samples in the window every utterance is padded to (the data layer's own count)."""
+  return speech_data.window_samples(config.data)
 
 
 class SpeechObjective(Objective):
