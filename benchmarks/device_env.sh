@@ -13,3 +13,19 @@ if [[ -d .whl && ${FMJAX_BENCH_SMOKE:-0} != 1 ]]; then
     2> >(grep -v "already exists" >&2) || { echo "installing .whl/ failed" >&2; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
 fi
+
+# launch NAME LIMIT OPTIONAL cmd...: runs cmd under `timeout` into $OUT/NAME.log and its last JSON
+# line into $OUT/NAME.json. Runs go most important first; an optional one (OPTIONAL=1) is skipped
+# when, at its time limit, it could finish after BUDGET_S.
+launch() {
+  local name=$1 limit=$2 optional=$3; shift 3
+  if (( optional && SECONDS + limit > ${BUDGET_S:-600} )); then
+    echo "skip $name: ${SECONDS}s used of ${BUDGET_S:-600}s"; return
+  fi
+  local t0=$SECONDS
+  timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  (( rc == 0 )) || { echo "$name failed (rc $rc; 124 = timed out, 2 = setup error), log tail:"; tail -5 "$OUT/$name.log"; }
+  grep '^{' "$OUT/$name.log" | tail -1 >"$OUT/$name.json"
+  echo "$name ($((SECONDS - t0))s): $(cat "$OUT/$name.json")"
+}

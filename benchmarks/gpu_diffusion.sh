@@ -40,21 +40,6 @@ else
 fi
 "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 
-# launch NAME LIMIT OPTIONAL cmd...: runs cmd under `timeout` into NAME.log, its last JSON line into
-# NAME.json. Optional runs are skipped when they could overrun the budget.
-launch() {
-  local name=$1 limit=$2 optional=$3; shift 3
-  if (( optional && SECONDS + limit > BUDGET_S )); then
-    echo "skip $name: ${SECONDS}s used of ${BUDGET_S}s"; return
-  fi
-  local t0=$SECONDS
-  timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  (( rc == 0 )) || { echo "$name failed (rc $rc; 124 = timed out, 2 = setup error), log tail:"; tail -5 "$OUT/$name.log"; }
-  grep '^{' "$OUT/$name.log" | tail -1 >"$OUT/$name.json"
-  echo "$name ($((SECONDS - t0))s): $(cat "$OUT/$name.json")"
-}
-
 launch fmjax_ddpm "$T_FMJAX" 0 "$PY" -m fmjax.bench --config experiments/diffusion.py:bench-ddpm \
   "${DDPM_SIZES[@]}" "${STEPS[@]}"
 launch peer_ddpm "$T_PEER" 0 "$TORCH_PY" "$PEER" "${PEER_SIZES[@]}" --peak-tflops "$FMJAX_PEAK_TFLOPS"

@@ -36,30 +36,16 @@ fi
 # fmjax NAME BATCH TIMEOUT [overrides...]; peer NAME BATCH TIMEOUT. Each writes NAME.log and NAME.json.
 fmjax() {
   local name=$1 batch=$2 limit=$3; shift 3
-  launch "$name" "$limit" "$PY" -m fmjax.bench --config experiments/gpt.py:gpt2 "${DIMS[@]}" \
+  launch "$name" "$limit" "$optional" "$PY" -m fmjax.bench --config experiments/gpt.py:gpt2 "${DIMS[@]}" \
     --config.train.batch_size="$batch" --config.train.grad_accum_steps=1 --config.mesh.data=-1 --config.mesh.fsdp=1 \
     --config.data.segment_ids=False \
     --config.bench.steps="$STEPS" --config.bench.warmup_steps="$WARMUP" "$@"
 }
 peer() {
   local name=$1 batch=$2 limit=$3
-  launch "$name" "$limit" "$TORCH_PY" "$PEER" "${PEER_DIMS[@]}" --batch "$batch" \
+  launch "$name" "$limit" "$optional" "$TORCH_PY" "$PEER" "${PEER_DIMS[@]}" --batch "$batch" \
     --steps "$STEPS" --warmup "$WARMUP" --peak-tflops "$FMJAX_PEAK_TFLOPS"
 }
-launch() {
-  local name=$1 limit=$2; shift 2
-  # Optional runs only start if they would finish within the budget, even at their time limit.
-  if (( optional && SECONDS + limit > BUDGET_S )); then
-    echo "skip $name: ${SECONDS}s used of ${BUDGET_S}s"; return
-  fi
-  local t0=$SECONDS
-  timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  (( rc == 0 )) || { echo "$name failed (rc $rc; 124 = timed out), log tail:"; tail -5 "$OUT/$name.log"; }
-  grep '^{' "$OUT/$name.log" | tail -1 >"$OUT/$name.json"
-  echo "$name ($((SECONDS - t0))s): $(cat "$OUT/$name.json")"
-}
-
 # Most important first: the like-for-like pairs (scan over layers, no remat) at batch 16 and 32.
 optional=0
 fmjax fmjax_b16 16 "$T_MAIN" --config.model.remat=none

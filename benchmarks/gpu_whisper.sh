@@ -36,19 +36,6 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 
-launch() {
-  local name=$1 limit=$2 optional=$3; shift 3
-  if (( optional && SECONDS + limit > BUDGET_S )); then
-    echo "skip $name: ${SECONDS}s used of ${BUDGET_S}s"; return
-  fi
-  local t0=$SECONDS
-  timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  (( rc == 0 )) || { echo "$name failed (rc $rc; 124 = timed out), log tail:"; tail -5 "$OUT/$name.log"; }
-  grep '^{' "$OUT/$name.log" | tail -1 >"$OUT/$name.json"
-  echo "$name ($((SECONDS - t0))s): $(cat "$OUT/$name.json")"
-}
-
 launch fmjax_whisper "$T_FMJAX" 0 "$PY" -m fmjax.bench --config experiments/speech.py:bench-whisper \
   "${SIZES[@]}" "${STEPS[@]}"
 if "$TORCH_PY" -c 'import torch, transformers' 2>/dev/null; then

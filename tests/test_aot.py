@@ -214,5 +214,5 @@ def test_experiment_compiles_and_fits_its_topology(name, variant):
 def test_every_sized_experiment_names_a_topology():
   for name, variant in [("gpt", "small"), ("gpt", "gpt2"), ("gpt", "gpt2-medium"), ("bert", "bert-base"),
                         ("bert", "bert-base-512"), ("bert", "bert-crammed"), ("diffusion", "ddpm-cifar10"),
-                        ("diffusion", "dit-b2")]:
+                        ("diffusion", "dit-b2"), ("speech", "whisper-base"), ("speech", "best-rq-base")]:
     assert (name, variant) in TARGETS, f"experiments/{name}.py:{variant} names no config.topology"

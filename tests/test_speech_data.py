@@ -308,7 +308,7 @@ def test_training_texts_and_description(synth_dir):
   config = make_config(synth_dir, dataset="speech_synth/small")
   texts = list(speech.training_texts(config.data, max_chars=300))
   assert 300 <= sum(map(len, texts)) < 400 and texts == list(speech.training_texts(config.data, max_chars=300))
-  assert speech.describe_dataset(config.data) == "fmjax_speech/small:1.0.0 split=train"
+  assert speech.describe_dataset(config.data) == "fmjax_speech/small:1.1.0 split=train"
 
 
 # ---- catalog datasets ------------------------------------------------------------------------

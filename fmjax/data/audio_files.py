@@ -13,14 +13,13 @@ bad file is an error or is skipped is the caller's policy (fmjax.data.speech).
 
 import dataclasses
 import functools
-import json
 import math
 import os
 
 import numpy as np
 
-_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-_TSV_SUFFIXES = (".tsv", ".txt")
+from fmjax.data import pair_files
+
 
 
 def _soundfile():
@@ -89,63 +88,22 @@ class Transcript:
   text: str    # stripped; may be '' (the caller decides)
 
 
-def _format_of(path: str, first_line: str) -> str:
-  suffix = os.path.splitext(path)[1].lower()
-  if suffix in _JSONL_SUFFIXES:
-    return "jsonl"
-  if suffix in _TSV_SUFFIXES:
-    return "tsv"
-  return "jsonl" if first_line.lstrip().startswith("{") else "tsv"
-
-
-def _parse_jsonl(line: str, where: str) -> tuple[str, str]:
-  try:
-    record = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{where}: not valid JSON ({e.msg}); "
-                     "expected {\"audio\": \"rel/path.wav\", \"text\": \"...\"}") from None
-  if not isinstance(record, dict) or not isinstance(record.get("audio"), str) or not isinstance(record.get("text"), str):
-    raise ValueError(f"{where}: expected an object with string fields \"audio\" and \"text\", got {line.strip()[:120]!r}")
-  return record["audio"], record["text"]
-
-
-def _parse_tsv(line: str, where: str) -> tuple[str, str]:
-  if "\t" not in line:
-    raise ValueError(f"{where}: expected 'relative/path.wav<TAB>transcript' (no tab in {line.strip()[:120]!r})")
-  audio, text = line.split("\t", 1)  # a transcript may itself hold tabs
-  return audio, text
+TRANSCRIPT_FIELDS = pair_files.Fields(path="audio", text="text", example_path="relative/path.wav",
+                                     path_headers=("audio", "path", "file"),
+                                     text_headers=("text", "transcript", "sentence"))
 
 
 def read_transcripts(transcripts_file: str, audio_dir: str) -> list[Transcript]:
-  """Every non-blank line of the TSV or JSONL file (by suffix, else by its first line), in
-  order. A TSV header row 'audio<TAB>text' (or path / file / transcript) is skipped. Paths must
+  """Every non-blank line of the TSV or JSONL file (fmjax.data.pair_files), in order. Paths must
   stay inside audio_dir. Malformed lines are ValueErrors naming file:line."""
-  try:
-    with open(transcripts_file, "rb") as handle:
-      raw = handle.read()
-  except OSError as e:
-    raise ValueError(f"transcripts file {transcripts_file!r}: cannot read ({e.strerror})") from None
-  try:
-    text = raw.decode("utf-8-sig")  # a BOM from spreadsheet exports is not part of line 1
-  except UnicodeDecodeError as e:
-    raise ValueError(f"{transcripts_file}: not UTF-8 text (byte {e.start})") from None
-  rows = text.splitlines()
-  fmt = _format_of(transcripts_file, next((row for row in rows if row.strip()), ""))
   root = os.path.abspath(audio_dir)
   found = []
-  for number, row in enumerate(rows, start=1):
-    if not row.strip():
-      continue
-    where = f"{transcripts_file}:{number}"
-    audio, transcript = (_parse_jsonl if fmt == "jsonl" else _parse_tsv)(row, where)
-    audio = audio.strip()
-    if fmt == "tsv" and not found and audio.lower() in ("audio", "path", "file") and \
-        transcript.strip().lower() in ("text", "transcript", "sentence"):
-      continue  # a header row
+  for row in pair_files.read_rows(transcripts_file, TRANSCRIPT_FIELDS):
+    where, audio = row.where, row.path
     if not audio:
       raise ValueError(f"{where}: empty audio path")
     relative = os.path.normpath(audio)
     if os.path.isabs(relative) or not os.path.abspath(os.path.join(root, relative)).startswith(root + os.sep):
       raise ValueError(f"{where}: audio path {audio!r} must be relative to the audio folder {audio_dir!r}, inside it")
-    found.append(Transcript(where=where, audio=relative, text=transcript.strip()))
+    found.append(Transcript(where=where, audio=relative, text=row.text))
   return found

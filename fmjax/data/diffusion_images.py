@@ -25,6 +25,7 @@ import functools
 import grain
 import numpy as np
 
+from fmjax.data import batching
 from fmjax.data import image_text
 from fmjax.data import images
 from fmjax.data.pipeline import local_batch_size
@@ -94,10 +95,7 @@ def make_train_dataset(config, tokenizer, *, process_index: int, process_count: 
       channels=int(config.model.channels), text_len=int(data.text_len), min_area=float(data.min_crop_area),
       flip=bool(data.flip))
   ds = ds.random_map(example, seed=(int(config.seed) + 1) % 2**32)
-  batches = ds.to_iter_dataset(image_text._read_options(batch_size)).batch(batch_size, drop_remainder=True)  # pylint: disable=protected-access
-  if int(data.prefetch):
-    batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=int(data.prefetch))
-  return batches
+  return batching.training_batches(ds, batch_size, prefetch=data.prefetch, max_threads=image_text.THREADS)
 
 
 def heldout_pairs(config) -> grain.MapDataset:
@@ -179,7 +177,7 @@ def real_images(config, split: str, max_count: int, seed: int = 0) -> tuple[np.n
   subset = pairs.shuffle(seed=seed)[:min(int(max_count), len(pairs))] if max_count else pairs
   size, channels = int(data.image_size), int(config.model.channels)
   rows = list(subset.map(lambda pair: (_view(pair, size, channels, None, min_area=1.0, flip=False), pair["label"]))
-              .to_iter_dataset(image_text._read_options(64)))  # pylint: disable=protected-access
+              .to_iter_dataset(batching.read_options(64, image_text.THREADS)))
   pixels = np.stack([r[0] for r in rows])
   labels = np.asarray([r[1] for r in rows], np.int64)
   return pixels, (labels if (labels >= 0).all() else None)

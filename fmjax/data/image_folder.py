@@ -20,7 +20,6 @@ and the fingerprint covers the folder's listing instead.
 
 import concurrent.futures
 import dataclasses
-import json
 import os
 
 from absl import logging
@@ -28,10 +27,9 @@ import tensorflow_datasets as tfds
 
 from fmjax.data import hashing
 from fmjax.data import images
+from fmjax.data import pair_files
 
 BAD_IMAGE_POLICIES = ("error", "skip")
-_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-_TSV_SUFFIXES = (".tsv", ".txt")
 _CHECK_THREADS = 8  # image decoding in PIL releases the GIL
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -44,53 +42,14 @@ class Line:
   caption: str
 
 
-def _format_of(path: str, first_line: str) -> str:
-  suffix = os.path.splitext(path)[1].lower()
-  if suffix in _JSONL_SUFFIXES:
-    return "jsonl"
-  if suffix in _TSV_SUFFIXES:
-    return "tsv"
-  return "jsonl" if first_line.lstrip().startswith("{") else "tsv"
-
-
-def _parse_jsonl(text: str, where: str) -> tuple[str, str]:
-  try:
-    record = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{where}: not valid JSON ({e.msg}); expected {{\"image\": \"rel/path.png\", \"caption\": \"...\"}}.") from None
-  if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not isinstance(record.get("caption"), str):
-    raise ValueError(f"{where}: expected an object with string fields \"image\" and \"caption\", got {text.strip()[:120]!r}.")
-  return record["image"], record["caption"]
-
-
-def _parse_tsv(text: str, where: str) -> tuple[str, str]:
-  if "\t" not in text:
-    raise ValueError(f"{where}: expected 'rel/path.png<TAB>caption' (no tab found in {text.strip()[:120]!r}).")
-  image, caption = text.split("\t", 1)  # a caption may itself hold tabs
-  return image, caption
+CAPTION_FIELDS = pair_files.Fields(path="image", text="caption", example_path="rel/path.png",
+                                  path_headers=("image",), text_headers=("caption",))
 
 
 def read_lines(captions_file: str) -> list[Line]:
   """Every non-blank line of the captions file as a Line; a malformed line is a ValueError."""
-  with open(captions_file, "rb") as handle:
-    raw = handle.read()
-  try:
-    text = raw.decode("utf-8-sig")  # a BOM from spreadsheet exports is not part of line 1
-  except UnicodeDecodeError as e:
-    raise ValueError(f"{captions_file}: not UTF-8 text (byte {e.start}).") from None
-  rows = text.splitlines()
-  first = next((row for row in rows if row.strip()), "")
-  fmt = _format_of(captions_file, first)
-  lines = []
-  for number, row in enumerate(rows, start=1):
-    if not row.strip():
-      continue
-    where = f"{captions_file}:{number}"
-    image, caption = (_parse_jsonl if fmt == "jsonl" else _parse_tsv)(row, where)
-    if fmt == "tsv" and not lines and (image.strip().lower(), caption.strip().lower()) == ("image", "caption"):
-      continue  # a header row
-    lines.append(Line(where=where, image=os.path.normpath(image.strip()), caption=caption.strip()))
-  return lines
+  return [Line(where=row.where, image=os.path.normpath(row.path), caption=row.text)
+          for row in pair_files.read_rows(captions_file, CAPTION_FIELDS)]
 
 
 def _bad(policy: str, message: str, skipped: dict, reason: str) -> None:

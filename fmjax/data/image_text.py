@@ -19,7 +19,6 @@ so the iterator resumes exactly. Evaluation uses fixed lists of batches, the sam
 import dataclasses
 import functools
 import math
-import os
 from collections.abc import Iterator
 
 import grain
@@ -27,6 +26,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fmjax.data import batching
 from fmjax.data import building
 from fmjax.data import catalog
 from fmjax.data import digits
@@ -41,9 +41,11 @@ NO_LABEL = -1
 _TOKENIZERS = ("byte", "sentencepiece")
 
 
+THREADS = 16  # decoding and resizing dominate; PIL releases the GIL for both, so threads scale
+
+
 def _read_options(batch_size: int) -> grain.ReadOptions:
-  # Decoding and resizing dominate; PIL releases the GIL for both, so threads scale.
-  return grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1), prefetch_buffer_size=max(64, 2 * batch_size))
+  return batching.read_options(batch_size, THREADS)
 
 
 # ---- opening a dataset -----------------------------------------------------------------------
@@ -268,13 +270,7 @@ def make_train_dataset(config, tokenizer: tokenizers.Tokenizer, *, process_index
       min_area=float(data.min_crop_area), flip=bool(data.flip))
   # Seeded by (seed, element index): crops and caption choices resume exactly and differ by epoch.
   ds = ds.random_map(example, seed=(int(config.seed) + 1) % 2**32)
-  batches = ds.to_iter_dataset(_read_options(batch_size)).batch(batch_size, drop_remainder=True)
-  prefetch = int(data.prefetch)
-  if prefetch < 0:
-    raise ValueError(f"config.data.prefetch={prefetch} must be >= 0 (0 = no prefetching).")
-  if prefetch:
-    batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
-  return batches
+  return batching.training_batches(ds, batch_size, prefetch=data.prefetch, max_threads=THREADS)
 
 
 # ---- evaluation ------------------------------------------------------------------------------

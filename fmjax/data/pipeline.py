@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
+from fmjax.data import batching
 from fmjax.data import packing
 from fmjax.data import sources
 from fmjax.data import tokenizers
@@ -107,12 +108,7 @@ def make_train_dataset(
     # neighbouring slices of one or two files, and gradients correlated from step to step.
     rows = grain.experimental.WindowShuffleIterDataset(
         rows, window_size=int(config.data.shuffle_window), seed=(int(config.seed) + 7919) % 2**32)
-  batches = rows.batch(batch_size, drop_remainder=True)
-  prefetch = int(config.data.prefetch)
-  if prefetch < 0:
-    raise ValueError(f"config.data.prefetch={prefetch} must be >= 0 (0 = no prefetching).")
-  if prefetch:
-    batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
+  batches = batching.prefetched(rows.batch(batch_size, drop_remainder=True), config.data.prefetch)
   return batches
 
 

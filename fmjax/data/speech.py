@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fmjax.data import audio_files
+from fmjax.data import batching
 from fmjax.data import building
 from fmjax.data import catalog
 from fmjax.data import hashing
@@ -67,9 +68,11 @@ _FOLDER_SPLITS = ("train", "validation")
 _CHECK_THREADS = 8  # libsndfile decodes outside the GIL
 
 
+_THREADS = 8  # decoding (libsndfile, tfds parsing) and resampling release the GIL: threads scale
+
+
 def _read_options(batch_size: int) -> grain.ReadOptions:
-  # Decoding (libsndfile, tfds parsing) and resampling release the GIL: threads scale.
-  return grain.ReadOptions(num_threads=min(8, os.cpu_count() or 1), prefetch_buffer_size=max(64, 2 * batch_size))
+  return batching.read_options(batch_size, _THREADS)
 
 
 def window_samples(data_config) -> int:
@@ -583,13 +586,7 @@ def make_train_dataset(config, tokenizer: tokenizers.Tokenizer | None, *, proces
                               tokenizer=tokenizer, text_len=int(data.text_len))
   # Seeded by (seed, element index): crops and noise resume exactly and differ by epoch.
   ds = ds.random_map(example, seed=(int(config.seed) + 1) % 2**32)
-  batches = ds.to_iter_dataset(_read_options(batch_size)).batch(batch_size, drop_remainder=True)
-  prefetch = int(data.prefetch)
-  if prefetch < 0:
-    raise ValueError(f"config.data.prefetch={prefetch} must be >= 0 (0 = no prefetching).")
-  if prefetch:
-    batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
-  return batches
+  return batching.training_batches(ds, batch_size, prefetch=data.prefetch, max_threads=_THREADS)
 
 
 # ---- evaluation ------------------------------------------------------------------------------

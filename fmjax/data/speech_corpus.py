@@ -8,8 +8,9 @@ prepositions) in a handful of templates ("move the red box to the left", "seven 
 two"), drawn from a seeded generator, every sentence distinct.
 
 Each utterance is one sentence spoken by one of several English voices (accents x variants),
-at a random speed (140-200 words a minute) and base pitch (30-70), with 100-400 ms of silence
-before and after (eSpeak adds none; real recordings have some): 1 to 3.5 s each. The
+at a random speed (140-200 words a minute) and base pitch (30-70), with 0-400 ms of silence
+before and after (eSpeak adds none; real recordings have anything from none to some, and a
+model that only ever heard a pause first mishears speech that starts at once): 1 to 3.5 s each. The
 audio is clean: background noise is a training-time augmentation of the pipeline
 (config.data.noise_snr_db), so it is fresh every epoch and the stored corpus stays one fixed
 thing.
@@ -33,7 +34,7 @@ SAMPLE_RATE = espeak.SAMPLE_RATE   # 16 kHz
 MIN_SECONDS, MAX_SECONDS = 1.0, 3.5
 RATE_WPM = (140, 200)              # eSpeak's words a minute
 PITCH = (30, 70)
-SILENCE_SECONDS = (0.1, 0.4)       # before and after the speech, each
+SILENCE_SECONDS = (0.0, 0.4)       # before and after the speech, each
 DIGIT_WORDS = (3, 7)               # digit strings have 3 to 6 digits
 MAX_WORDS = 8                      # longest command: about 3 s at the slowest rate
 
@@ -158,7 +159,9 @@ def _with_silence(speech: np.ndarray, plan: Utterance) -> np.ndarray:
 class FmjaxSpeech(tfds.core.GeneratorBasedBuilder):
   """Synthesised English commands and digit strings at 16 kHz, with a held-out voice."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "100-400 ms of silence around each utterance.",
+                   "1.1.0": "0-400 ms, so that some utterances start with speech at once."}
   BUILDER_CONFIGS = [
       CorpusConfig(name="default", description="4000 training and 240 held-out utterances"),
       # A few seconds to build: for tests and quick looks.
