@@ -15,17 +15,22 @@ Variants (`get_config(arg)`):
   tiny-masked   BEST-RQ pretraining of a 4 x 128 encoder (conv stem 4x subsampling: 40 ms units)
                 on 4 s windows; targets: 4 stacked normalised frames, a frozen 320 -> 16 random
                 projection, nearest of 8192 random unit codes; spans of 4 units start at 10% of
-                units (~34% masked), filled with N(0, 0.1). Batch 32, 1000 steps; 1.93M params (1.05M of them
-                the 8192-way head). Learning figures not yet measured.
+                units (~33% masked), filled with N(0, 0.1). Batch 32, 1000 steps, ~16 min on 2
+                CPU cores; 1.93M params (1.05M of them the 8192-way head). Measured on the 240
+                held-out utterances: masked accuracy 25.3% (always the commonest code: 19.2%),
+                masked loss 4.86 nats (the entropy of the held-out codes, the best loss without
+                the audio: 5.42; 5.31 at step 250, 5.06 at 500, 4.92 at 750).
   tiny          A transcriber: the same encoder, a 2 x 128 decoder with cross-attention, byte
                 tokens, teacher-forced cross-entropy; greedy decoding for the held-out WER/CER.
-                Batch 32, 2000 steps; 1.46M params. Measured from scratch (2 CPU cores shared
-                with another job, ~1.5 s/step) on the 240 held-out utterances (unseen sentences,
-                half of them in an unseen voice): step 500: CER 15.8%, WER 20.9%; step 1000:
-                CER 3.9%, WER 4.5% (the best single training transcript said to every utterance:
-                CER 69%). The full 2000 steps are not yet measured. The corpus pads every
-                utterance with 100-400 ms of silence: audio that starts with speech at once is
-                transcribed worse (seen on two freshly synthesised sentences).
+                Batch 32, 1000 steps, ~10 min on 2 CPU cores; 1.46M params. Measured from
+                scratch on the 240 held-out utterances (unseen sentences, half of them in an
+                unseen voice): CER 1.8%, WER 2.0% (beam 4: 1.5%, 1.7%; the unseen voice alone,
+                greedy: 1.8%, 2.0%); CER 50% at step 250, 13% at 500, 4.0% at 750. The best single
+                training transcript said to every utterance: CER 69%. 16 freshly synthesised
+                sentences in neither split, unseen voice, no silence around the speech: CER 2.8%.
+                Fine-tuned from tiny-masked's encoder (the second command above): CER 2.2%, WER
+                2.5% at step 1000 (57% at 250, 14% at 500): no gain on this corpus, where the
+                pretraining saw the same utterances that have transcripts.
   whisper-base  Whisper base's shape: 6 + 6 layers, 512 wide, 8 heads, 2x conv stem, 30 s windows
                 (1500 encoder frames), SentencePiece 8192 (49.3M params; 74M with Whisper's
                 51,865-entry vocabulary, as bench-whisper has), 128 tokens, SpecAugment, AdamW 1e-3

@@ -48,6 +48,8 @@ def test_masked_pretraining_trains_and_evaluates(tmp_path):
   result = train.train_and_evaluate(tiny(tmp_path, "tiny-masked"), str(tmp_path / "run"))
   assert result["step"] == 2
   assert np.isfinite(result["train/loss"]) and 0 < result["eval/masked_fraction"] < 1
+  # Both count masked units among those that hold audio: ~mask_prob x span of them.
+  assert abs(result["train/masked_fraction"] - result["eval/masked_fraction"]) < 0.1, result
   assert 0 <= result["eval/masked_accuracy"] <= 1 and result["eval/code_perplexity"] > 1
 
 

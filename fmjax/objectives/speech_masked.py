@@ -92,13 +92,15 @@ class SpeechMasked(speech_common.SpeechObjective):
 
   def loss(self, model, batch, dropout_rng):
     (rng_aug, rng_mask, rng_noise, rng_drop), training = speech_common.split_rng(dropout_rng, 4, fixed_seed=0)
-    inputs, frame_mask, codes, masked, _ = targets_and_inputs(model.task, batch, rng_aug if training else None,
-                                                              rng_mask, rng_noise)
+    inputs, frame_mask, codes, masked, valid = targets_and_inputs(model.task, batch, rng_aug if training else None,
+                                                                  rng_mask, rng_noise)
     nll, correct, units = _per_unit(model, inputs, frame_mask, codes, rng_drop if training else None)
     weights = masked[:, :units]
     loss = speech_common.masked_mean(nll, weights)
+    # Of the units that hold audio (padding is never masked), as eval/masked_fraction counts it.
+    fraction = speech_common.masked_mean(weights.astype(jnp.float32), valid[:, :units])
     return loss, {"loss": loss, "masked_accuracy": speech_common.masked_mean(correct, weights),
-                  "masked_fraction": weights.astype(jnp.float32).mean()}
+                  "masked_fraction": fraction}
 
   def eval_sums(self, model, batch):
     # Masks and noise fixed by the batch's first example: the same every evaluation.
