@@ -5,17 +5,9 @@ turns it into a one-line message and a non-zero exit.
 """
 
 from fmjax import parallel, paths
+from fmjax.field_checks import ConfigError, check as _check  # pylint: disable=unused-import  (ConfigError: re-exported)
 from fmjax.models import attention, transformer
 from fmjax.optim import DECAYS
-
-
-class ConfigError(ValueError):
-  pass
-
-
-def _check(ok: bool, field: str, value, allowed: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field}={value!r}: {allowed}")
 
 
 def _positive_int(config, field: str) -> None:

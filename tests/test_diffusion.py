@@ -198,7 +198,9 @@ def test_resume_is_exact_including_the_ema(tmp_path, variant="tiny-label"):
 # ---- sharding, guidance ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["tiny", "tiny-dit"])
+# The U-Net variant takes ~75 s on 2 cores: slow (the U-Net's own sharded == one device test is in
+# test_diffusion_models.py; the DiT variant runs the objective's path here by default).
+@pytest.mark.parametrize("variant", [pytest.param("tiny", marks=pytest.mark.slow), "tiny-dit"])
 def test_sharded_equals_single_device_loss_and_grads(tmp_path, variant):
   config = small(tmp_path, variant, train__batch_size=8)
   single = _setup(set_fields(small(tmp_path, variant, train__batch_size=8), mesh__data=1), jax.devices()[:1])

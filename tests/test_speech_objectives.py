@@ -152,3 +152,16 @@ def test_sharded_equals_single_device_loss_and_grads(tmp_path, variant):
   assert abs(loss_1 - loss_8) < 1e-5 * max(1.0, abs(loss_1))
   for a, b in zip(jax.tree.leaves(grads_1), jax.tree.leaves(grads_8)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("variant,objective", [("tiny-masked", "speech_masked"), ("tiny", "speech_seq2seq")])
+def test_benchmark_covers_both_objectives(tmp_path, monkeypatch, variant, objective):
+  """fmjax.bench on synthetic waveforms (and tokens): no corpus is synthesised or read."""
+  from fmjax import bench
+  monkeypatch.setenv("FMJAX_DATA_DIR", str(tmp_path / "no_data_here"))
+  config = tiny(tmp_path, variant, bench__steps=1, bench__warmup_steps=0, data__data_dir="")
+  result = bench.run_benchmark(config)
+  assert result["objective"] == objective
+  assert result["examples_per_s"] == pytest.approx(8 / result["step_time_s"], rel=1e-3)
+  assert result["params"] > 0 and result["tflops_per_s"] > 0 and np.isfinite(result["final_loss"])
+  assert not (tmp_path / "no_data_here").exists(), "a benchmark must not build datasets"

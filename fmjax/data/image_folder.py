@@ -84,18 +84,12 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   bad_images: str = "error"
 
 
-def _absolute(path: str) -> str:
-  return os.path.abspath(os.path.expanduser(path))
+_absolute = pair_files.absolute
 
 
 def folder_images(image_dir: str) -> list[str]:
   """Every image file under image_dir (by suffix), as sorted paths relative to it."""
-  found = []
-  for root, dirs, files in os.walk(image_dir):
-    dirs.sort()
-    found += [os.path.relpath(os.path.join(root, f), image_dir) for f in files
-              if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]
-  return sorted(found)
+  return pair_files.files_under(image_dir, IMAGE_SUFFIXES)
 
 
 def _uncaptioned_config(data_config, image_dir: str, fraction: float, policy: str) -> ImageFolderConfig:

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fmjax import field_checks
 from fmjax.data import batching
 from fmjax.data import building
 from fmjax.data import catalog
@@ -431,17 +432,9 @@ def caption_texts(data_config, max_chars: int, seed: int = 0) -> Iterator[str]:
 def validate(config, captions_required: bool = True) -> None:
   """Cheap checks of config.data (nothing is opened or built): ConfigError naming the field.
   captions_required=False lets the user's images come without a captions file (image_dir alone)."""
-  from fmjax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top  (models stay unloaded)
-
   data = config.data
-
-  def check(ok: bool, field: str, allowed: str) -> None:
-    if not ok:
-      raise ConfigError(f"config.data.{field}={data[field]!r}: {allowed}")
-
-  def is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
+  check = field_checks.section_checker(data, "data")
+  is_int = field_checks.is_int
   check(is_int(data.image_size) and data.image_size >= 1, "image_size", "must be an integer >= 1")
   check(is_int(data.text_len) and data.text_len >= 3, "text_len", "must be an integer >= 3 (BOS, a token, EOS)")
   check(0.0 < data.min_crop_area <= 1.0, "min_crop_area", "must be in (0, 1] (1 = no random crop)")

@@ -1,4 +1,5 @@
-"""Files that pair a relative path with a text: image captions and audio transcripts.
+"""The user's folders of files, and the files that pair a relative path with a text (image
+captions, audio transcripts).
 
 One line per pair, either TSV (`rel/path<TAB>text`; the text may itself hold tabs) or JSONL
 (`{"<path field>": "rel/path", "<text field>": "..."}`). The format comes from the suffix, else
@@ -30,6 +31,22 @@ class Row:
   where: str  # "file:line"
   path: str   # stripped, as written
   text: str   # stripped
+
+
+def absolute(path: str) -> str:
+  """A user's path as given in the config (`~` expanded), made absolute."""
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def files_under(folder: str, suffixes: tuple[str, ...]) -> list[str]:
+  """Every file under `folder` whose name ends in one of `suffixes` (any case; hidden files
+  left out), as sorted paths relative to it: the same list on every machine."""
+  found = []
+  for root, dirs, files in os.walk(folder):
+    dirs.sort()
+    found += [os.path.relpath(os.path.join(root, f), folder) for f in files
+              if f.lower().endswith(suffixes) and not f.startswith(".")]
+  return sorted(found)
 
 
 def format_of(path: str, first_line: str) -> str:

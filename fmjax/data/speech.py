@@ -47,10 +47,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fmjax.data import audio_files
+from fmjax import field_checks
 from fmjax.data import batching
 from fmjax.data import building
 from fmjax.data import catalog
 from fmjax.data import hashing
+from fmjax.data import pair_files
 from fmjax.data import image_folder
 from fmjax.data import image_text
 from fmjax.data import speech_corpus
@@ -100,17 +102,11 @@ class UserAudio:
   skipped: tuple[tuple[str, str], ...]      # (where, problem) of each line dropped
 
 
-def _absolute(path: str) -> str:
-  return os.path.abspath(os.path.expanduser(path))
+_absolute = pair_files.absolute
 
 
 def _folder_files(audio_dir: str) -> list[str]:
-  found = []
-  for root, dirs, files in os.walk(audio_dir):
-    dirs.sort()
-    found += [os.path.relpath(os.path.join(root, f), audio_dir) for f in files
-              if f.lower().endswith(AUDIO_SUFFIXES) and not f.startswith(".")]
-  return sorted(found)
+  return pair_files.files_under(audio_dir, AUDIO_SUFFIXES)
 
 
 def _listed(data_config) -> tuple[str, list[audio_files.Transcript], tuple]:
@@ -658,19 +654,9 @@ def validate(config, text_required: bool = True) -> int:
   preflight pass (check_user_audio) before anything trains. Returns the number of utterances
   skipped by it (bad_audio='skip'; also logged), 0 for the other sources.
   text_required=False (masked pretraining) lets the folder come without transcripts."""
-  from fmjax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top  (models stay unloaded)
-
   data = config.data
-
-  def check(ok: bool, field: str, allowed: str) -> None:
-    if not ok:
-      raise ConfigError(f"config.data.{field}={data[field]!r}: {allowed}")
-
-  def is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-  def is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+  check = field_checks.section_checker(data, "data")
+  is_int, is_number = field_checks.is_int, field_checks.is_number
 
   check(is_number(data.max_seconds) and data.max_seconds > 0, "max_seconds", "must be > 0 (seconds of audio per utterance)")
   check(isinstance(data.crop, bool), "crop", "must be True or False")
@@ -698,7 +684,7 @@ def validate(config, text_required: bool = True) -> int:
     try:
       _synth_config(data)
     except ValueError as e:
-      raise ConfigError(str(e)) from None
+      raise field_checks.ConfigError(str(e)) from None
     # Known without reading anything: fail now rather than at the first long utterance.
     check(data.crop or data.bad_audio == "skip" or data.max_seconds >= speech_corpus.MAX_SECONDS, "max_seconds",
           f"{SYNTH!r} utterances are up to {speech_corpus.MAX_SECONDS} s long; set max_seconds >= "

@@ -7,20 +7,11 @@ enforced by their config classes; their ValueErrors are re-raised here as Config
 
 import dataclasses
 
-from fmjax.config_checks import ConfigError
+from fmjax.field_checks import ConfigError, check as _check, is_int as _is_int
 from fmjax.data import diffusion_images, image_text
 from fmjax.models import clip, dit, unet
 from fmjax.models import diffusion as diffusion_model
 from fmjax.objectives import diffusion_sampling, diffusion_schedule, text_assets
-
-
-def _check(ok: bool, field: str, value, allowed: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field}={value!r}: {allowed}")
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate(config) -> None:

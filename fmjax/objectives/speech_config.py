@@ -4,19 +4,10 @@ Every check raises ConfigError naming the field, before anything is built or com
 models' own shape rules (fmjax.models.speech) are re-raised as ConfigErrors.
 """
 
-from fmjax.config_checks import ConfigError
+from fmjax.field_checks import ConfigError, check as _check, is_int as _is_int
 from fmjax.data import speech as speech_data
 from fmjax.models import log_mel, speech, transformer
 from fmjax.objectives import speech_common, speech_features, text_assets
-
-
-def _check(ok: bool, field: str, value, allowed: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field}={value!r}: {allowed}")
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def feature_config(config) -> speech_features.FeatureConfig:
