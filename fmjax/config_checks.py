@@ -4,7 +4,7 @@ Every failure is a `ConfigError` naming the field, the value and what is allowed
 turns it into a one-line message and a non-zero exit.
 """
 
-from fmjax import parallel, paths
+from fmjax import nonfinite, parallel, paths
 from fmjax.field_checks import ConfigError, check as _check  # pylint: disable=unused-import  (ConfigError: re-exported)
 from fmjax.models import attention, transformer
 from fmjax.optim import DECAYS
@@ -30,6 +30,10 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> None:
     _positive_int(config, field)
   _check(config.train.eval_every >= 0, "train.eval_every", config.train.eval_every,
          "must be >= 0 (0: evaluate only at the end)")
+  _check(config.train.get("on_nonfinite", "stop") in nonfinite.MODES, "train.on_nonfinite",
+         config.train.get("on_nonfinite"), f"choose one of {nonfinite.MODES}")
+  _check(isinstance(config.checkpoint.get("allow_config_change", False), bool), "checkpoint.allow_config_change",
+         config.checkpoint.get("allow_config_change"), "must be True or False")
   _check(config.data.prefetch >= 0, "data.prefetch", config.data.prefetch, "must be >= 0")
   _check(0.0 < config.data.eval_fraction < 1.0, "data.eval_fraction", config.data.eval_fraction,
          "must be in (0, 1)")

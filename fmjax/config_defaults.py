@@ -94,6 +94,8 @@ def train(**overrides) -> ml_collections.ConfigDict:
       grad_accum_steps=1,          # micro-batches per step
       log_every=25,
       eval_every=200,              # 0 = only at the end
+      on_nonfinite="stop",         # NaN/Inf loss: 'stop' (last good checkpoint stays newest) or
+                                   # 'skip' (keep the previous state, count the skipped update)
   ), overrides)
 
 
@@ -105,6 +107,8 @@ def checkpoint(**overrides) -> ml_collections.ConfigDict:
       init_from="",                # a workdir whose latest params seed this run (fine-tuning)
       init_subtrees="",            # with init_from: only these parts of its params, e.g. 'encoder'
                                    # or 'encoder=audio_encoder' (fmjax.param_transfer); '' = all
+      allow_config_change=False,   # resume a workdir whose run was saved under another config
+                                   # (fmjax.resume_checks lists the fields that may always change)
   ), overrides)
 
 

@@ -31,17 +31,18 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, tfds) drown the progress lines
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from fmjax import config_checks, parallel, train  # after flag parsing: jax reads its flags then
+  from fmjax import config_checks, parallel, run_errors, train  # after flag parsing: jax reads its flags then
   if FLAGS.coordinator or FLAGS.distributed:
     parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   try:
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_checks.ConfigError, FileNotFoundError, ValueError) as e:
-    # Bad input (config, data, paths) is reported in one line; --verbosity=1 shows the traceback.
+  except (config_checks.ConfigError, FileNotFoundError, ValueError, run_errors.RunError) as e:
+    # Bad input (config, data, paths) and faults the run survived (NaN, a failed save, a busy
+    # workdir) are reported in one line; --verbosity=1 shows the traceback.
     if FLAGS.verbosity > 0:
       raise
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(getattr(e, "exit_status", 2))
   summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.items())
                       if k.startswith(("train/loss", "eval/")) and isinstance(v, float))
   print(f"done at step {result['step']}: {summary}")

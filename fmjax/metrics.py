@@ -158,4 +158,16 @@ class Throughput:
     step_time = seconds / steps
     return {"perf/step_time_s": step_time,
             "perf/units_per_s": self.units_per_step / step_time,
-            "perf/mfu": mfu(self.flops_per_step / step_time, self.num_devices, self.peak)}
+            "perf/mfu": mfu(self.flops_per_step / step_time, self.num_devices, self.peak),
+            "perf/host_rss_mb": host_rss_mb()}
+
+
+def host_rss_mb() -> Optional[float]:
+  """This process's resident host memory now (not its peak), in MiB: a leak shows as growth
+  over a long run. None where /proc is missing (macOS)."""
+  try:
+    with open("/proc/self/statm") as handle:
+      resident_pages = int(handle.read().split()[1])
+  except (OSError, IndexError, ValueError):
+    return None
+  return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -118,6 +118,25 @@ def local_lock_file(path) -> str:
   return os.path.join(tempfile.gettempdir(), "fmjax-locks", f"{readable}-{digest}")
 
 
+def _drop_partial_last_line(path: str) -> None:
+  """A process killed mid-write (kill -9, power loss) can leave a last line without its newline;
+  appending after it would glue the next row onto the fragment. Cut the fragment off."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as handle:
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+      return
+    handle.seek(max(size - 65536, 0))
+    tail = handle.read()
+    if tail.endswith(b"\n"):
+      return
+    cut = tail.rfind(b"\n")
+    if cut < 0 and size > len(tail):
+      return  # one line longer than the window: not a row this writer wrote
+    handle.truncate(size - len(tail) + cut + 1)
+
+
 class Appender:
   """Appends text to a file: line by line to a local file; to a URL, by rewriting the whole
   object at most every `flush_seconds` (and at flush/close).
@@ -137,6 +156,7 @@ class Appender:
       self._dirty = False
       self._last_upload = -float("inf")
     else:
+      _drop_partial_last_line(self.path)
       self._handle = open(self.path, "a", buffering=1)
 
   def write(self, text: str) -> None:

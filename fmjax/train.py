@@ -21,7 +21,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fmjax import checkpointing, config_checks, metrics as metrics_lib, objectives, optim, param_transfer, parallel, paths
+from fmjax import (checkpointing, config_checks, metrics as metrics_lib, nonfinite, objectives, optim,
+                   param_transfer, parallel, paths, resume_checks, storage_checks, workdir_lock)
 
 
 @dataclasses.dataclass
@@ -153,6 +154,7 @@ def initial_params(setup: Setup, fresh_params) -> tuple[Any, int]:
 def make_train_step(setup: Setup) -> Callable:
   objective, graphdef, tx, schedule = setup.objective, setup.graphdef, setup.tx, setup.schedule
   accum_steps = setup.config.train.grad_accum_steps
+  skip_nonfinite = setup.config.train.get("on_nonfinite", "stop") == "skip"
 
   def grads_and_metrics(params, batch, rng):
     def loss_fn(p):
@@ -179,12 +181,19 @@ def make_train_step(setup: Setup) -> Callable:
       grads, metrics = jax.tree.map(lambda x: x / accum_steps, total)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+    new_state = {"params": new_params, "opt_state": opt_state, "rng": state["rng"]}
     if setup.ema_decay > 0:
       new_state["ema_params"] = ema_update(state["ema_params"], new_params, ema_decay_at(setup.ema_decay, state["step"]))
     metrics = {f"train/{k}": v for k, v in metrics.items()}
     metrics["train/grad_norm"] = optax.tree.norm(grads)
+    # A bad update shows in its own step's metrics (the loss was computed before it).
+    metrics["train/param_norm"] = optax.tree.norm(new_params)
     metrics["train/learning_rate"] = schedule(state["step"])
+    if skip_nonfinite:
+      finite = nonfinite.all_finite(metrics)
+      new_state = nonfinite.keep_if(finite, new_state, {k: state[k] for k in new_state})
+      metrics[nonfinite.SKIPPED] = 1 - finite.astype(jnp.int32)
+    new_state["step"] = state["step"] + 1
     return new_state, metrics
 
   return train_step
@@ -232,9 +241,25 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _mean_metrics(history: list) -> dict:
-  host = jax.device_get(history)
-  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+def _interval_metrics(rows: list) -> dict:
+  """Means over a log interval's per-step host metrics; skipped updates are counted, and their
+  (non-finite) metrics left out of the means."""
+  kept = [r for r in rows if not r.get(nonfinite.SKIPPED, 0)] or rows
+  values = {k: float(np.mean([r[k] for r in kept])) for k in rows[0]}
+  if nonfinite.SKIPPED in rows[0]:
+    values[nonfinite.SKIPPED] = float(sum(r[nonfinite.SKIPPED] for r in rows))
+  return values
+
+
+def _saved_config(ckpt: checkpointing.Checkpointer) -> tuple[Optional[int], Optional[dict]]:
+  """The config saved with the newest checkpoint whose config reads (damage is dealt with by
+  the restore, which falls back the same way)."""
+  for step in sorted(ckpt.manager.all_steps(), reverse=True):
+    try:
+      return step, ckpt.restore_config(step)
+    except Exception:  # pylint: disable=broad-except  (unreadable: the restore will say so)
+      continue
+  return None, None
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
@@ -243,27 +268,81 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
   train metrics merged with the last evaluation.
 
   `stop_at` ends this invocation early (saving a checkpoint) without changing the schedule,
-  which is still laid out over `config.train.steps`: a time-boxed slice of a longer run."""
+  which is still laid out over `config.train.steps`: a time-boxed slice of a longer run.
+
+  Before anything in the workdir changes, the run takes the workdir's lock (one run at a time),
+  checks it can write there, and compares its config with the one of the run the workdir holds
+  (`fmjax.resume_checks`); these refusals are `fmjax.run_errors` and ConfigError."""
   objective = objectives.get(config.objective)
   validate(config, objective)
-  is_main = jax.process_index() == 0
   workdir = paths.absolute(workdir)  # gs:// stays a URL (abspath would make it a local folder)
+  is_main = jax.process_index() == 0
+  if is_main:
+    storage_checks.ensure_writable(workdir)
+  lock = workdir_lock.WorkdirLock(workdir).acquire() if is_main else None
+  try:
+    return _train_locked(config, objective, workdir, stop_at=stop_at, log=log)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_locked(config, objective, workdir: str, *, stop_at: Optional[int],
+                  log: Optional[Callable[[str], None]]) -> dict:
+  is_main = jax.process_index() == 0
   paths.makedirs(workdir)
+  config_dict = config.to_dict()
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  try:
+    saved_step, saved_config = _saved_config(ckpt)
+    changes = []
+    if saved_config is not None:
+      changes = resume_checks.check_same_run(saved_config, config_dict, workdir=workdir, step=saved_step,
+                                             allow_change=bool(config.checkpoint.get("allow_config_change", False)))
+    return _train(config, objective, workdir, ckpt, config_dict, changes, stop_at=stop_at, log=log)
+  except BaseException:
+    _close_quietly(ckpt)  # the error that stopped the run is the one to report
+    raise
+
+
+def _close_quietly(ckpt: checkpointing.Checkpointer) -> None:
+  try:
+    ckpt.close()
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
+def _train(config, objective, workdir: str, ckpt: checkpointing.Checkpointer, config_dict: dict,
+           config_changes: list, *, stop_at: Optional[int], log: Optional[Callable[[str], None]]) -> dict:
+  is_main = jax.process_index() == 0
   mesh = parallel.make_mesh(config.mesh)
   assets = objective.prepare_assets(config, workdir)
   setup = build(config, objective, assets, mesh)
-  config_dict = config.to_dict()
+
+  if is_main:  # before the first file of the run is written
+    storage_checks.ensure_room(workdir, setup.abstract_state, config.checkpoint.keep,
+                               log or (lambda text: print(text, flush=True)))
+  writer = metrics_lib.MetricsWriter(workdir, config.train.steps, enabled=is_main, unit=objective.unit)
+  say = log or writer.message
+  for line in config_changes:
+    say(f"resuming under a changed config (checkpoint.allow_config_change): {line}")
   if is_main:
     paths.write_atomically(paths.join(workdir, "config.json"), json.dumps(config_dict, indent=2, sort_keys=True))
 
-  writer = metrics_lib.MetricsWriter(workdir, config.train.steps, enabled=is_main, unit=objective.unit)
-  say = log or writer.message
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   train_iter = iter(objective.train_data(config, assets, process_index=jax.process_index(),
                                          process_count=jax.process_count()))
-  latest = ckpt.latest_step()
+  try:
+    return _loop(setup, workdir, ckpt, train_iter, writer, say, config_dict, stop_at=stop_at)
+  finally:
+    train_iter.close()  # stop the prefetch thread before the interpreter tears down
+    writer.close()
+
+
+def _loop(setup: Setup, workdir: str, ckpt: checkpointing.Checkpointer, train_iter, writer, say,
+          config_dict: dict, *, stop_at: Optional[int]) -> dict:
+  config, objective, mesh, assets = setup.config, setup.objective, setup.mesh, setup.assets
+  latest, state = ckpt.restore_newest(setup.abstract_state, train_iter, say)
   if latest is not None:
-    state = ckpt.restore(latest, setup.abstract_state, train_iter)
     say(f"resumed from {ckpt.directory} at step {latest}")
   else:
     state = init_state(setup)
@@ -281,6 +360,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
 
   step = int(jax.device_get(state["step"]))
   total = config.train.steps
+  stop_on_nonfinite = config.train.get("on_nonfinite", "stop") == "stop"
   units_per_step = objective.units_per_example(config) * config.train.batch_size
   throughput = metrics_lib.Throughput(units_per_step, objective.flops_per_example(config, assets) * config.train.batch_size,
                                       jax.device_count())
@@ -289,7 +369,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
       f"{jax.device_count()} devices on {jax.process_count()} processes, steps {step} -> {total}")
 
   result: dict = {}
-  history: list = []
+  pending: list = []     # this interval's per-step metrics, still on the device
+  checked: list = []     # ... and those already read to the host and checked
   last_eval: dict = {}
   compiled = None
   with _Preemption() as preemption, jax.set_mesh(mesh):
@@ -304,15 +385,33 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
         say(f"compiled the train step in {compile_s:.1f} s")
         throughput.start(step)
       state, step_metrics = compiled(state, batch)
-      history.append(step_metrics)
+      pending.append(step_metrics)
       step += 1
 
+      logging_now = step % config.train.log_every == 0 or step == total
+      evaluating = _is_eval_step(config, step, total)
+      preempted = (ckpt.manager.reached_preemption(step) if jax.process_count() > 1 else preemption.requested)
+      stopping = preempted or step == stop_at
+      saving = step % config.checkpoint.every == 0 or step == total or stopping
+      if logging_now or evaluating or saving:
+        # The host syncs of the loop: read the steps since the last one and look for NaN/Inf
+        # before the state is evaluated or saved.
+        first = step - len(pending) + 1
+        rows = jax.device_get(pending)
+        pending = []
+        if stop_on_nonfinite:
+          nonfinite.raise_if_bad(rows, first, ckpt.latest_step())
+        skipped = nonfinite.skipped_steps(rows, first)
+        if skipped:
+          say(f"skipped {len(skipped)} non-finite update(s) at step(s) {skipped[:10]}")
+        checked += rows
+
       values = {}
-      if step % config.train.log_every == 0 or step == total:
-        values = _mean_metrics(history)  # the host sync of this interval
-        history = []
+      if logging_now:
+        values = _interval_metrics(checked)
+        checked = []
         values.update(throughput.measure(step))
-      if _is_eval_step(config, step, total):
+      if evaluating:
         t0 = time.perf_counter()
         last_eval = evaluate(setup, eval_step, eval_params(state), eval_batches)
         # Evaluators may return images (np.ndarray, H x W x C uint8) beside scalars: sample grids.
@@ -326,9 +425,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
           writer.progress(step, values, values.get("perf/step_time_s", 0.0) * (total - step))
         result.update(values)
 
-      preempted = (ckpt.manager.reached_preemption(step) if jax.process_count() > 1 else preemption.requested)
-      stopping = preempted or step == stop_at
-      if step % config.checkpoint.every == 0 or step == total or stopping:
+      if saving:
         t0 = time.perf_counter()
         ckpt.save(step, state, train_iter, config_dict)
         throughput.exclude(time.perf_counter() - t0)
@@ -337,9 +434,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
       if stopping:
         break
 
-  ckpt.close()
-  train_iter.close()  # stop the prefetch thread before the interpreter tears down
-  writer.close()
+  ckpt.close()  # waits for the last save; raises CheckpointSaveFailed if it failed
   result["step"] = step
   return result
 

@@ -7,7 +7,9 @@ PARTS, comma-separated, from:
           process count allows, and the eval loss of the initial params;
   loop    the training loop, 4 steps, in OUT_DIR/straight (checkpoints at 2 and 4);
   resume  (after loop) a copy of that run's step-2 checkpoint, written by all hosts, resumed in
-          OUT_DIR/resumed up to step 4.
+          OUT_DIR/resumed up to step 4;
+  rehost  the step-2 checkpoint of a run written by another process count (the workdir named by
+          $FMJAX_REHOST_FROM), resharded onto these processes' mesh and resumed up to step 4.
 Each process writes what it measured to OUT_DIR/result_<process>.json.
 
 The test process imports `worker_config` and `fixed_batch_run` for its one-process reference,
@@ -92,6 +94,19 @@ def copy_checkpoint(run_dir: pathlib.Path, step: int, to_dir: pathlib.Path) -> N
   multihost_utils.sync_global_devices(f"copied checkpoint {step} to {to_dir}")
 
 
+def params_sum_of_squares(config, workdir, step) -> float:
+  """The checkpoint's params restored onto this process layout's mesh, reduced to one number."""
+  objective = objectives.get(config.objective)
+  setup = train.build(config, objective, fmdata.ByteTokenizer(), parallel.make_mesh(config.mesh))
+  ckpt = checkpointing.Checkpointer(str(workdir), keep=1, async_save=False, read_only=True)
+  try:
+    params = ckpt.restore_params(step, setup.abstract_state["params"])
+  finally:
+    ckpt.close()
+  with jax.set_mesh(setup.mesh):
+    return float(jax.jit(lambda p: sum(jax.numpy.sum(x.astype(jax.numpy.float32) ** 2) for x in jax.tree.leaves(p)))(params))
+
+
 def main(out_dir, data_dir, parts):
   out = pathlib.Path(out_dir)
   config = worker_config(out, data_dir)
@@ -109,6 +124,12 @@ def main(out_dir, data_dir, parts):
   if "resume" in parts:
     copy_checkpoint(out / "straight", 2, out / "resumed")
     result["resumed"] = train.train_and_evaluate(config, str(out / "resumed"))
+  if "rehost" in parts:
+    copy_checkpoint(pathlib.Path(os.environ["FMJAX_REHOST_FROM"]), 2, out / "rehosted")
+    result["rehosted_params_sq"] = params_sum_of_squares(config, out / "rehosted", 2)
+    log = []
+    result["rehosted"] = train.train_and_evaluate(config, str(out / "rehosted"), log=log.append)
+    result["rehosted_log"] = log
   with open(out / f"result_{jax.process_index()}.json", "w") as f:
     json.dump(result, f)
 

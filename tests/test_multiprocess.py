@@ -17,7 +17,7 @@ import pytest
 
 from conftest import small_config
 from fmjax import config_checks, data as fmdata, objectives, parallel, train
-from multiprocess_worker import fixed_batch_run, worker_config
+from multiprocess_worker import fixed_batch_run, params_sum_of_squares, worker_config
 
 # Tests marked smoke also run on Python 3.12 with the newest jax (.ci/run); a module-wide mark
 # would take the slow 4-process test there too (`-m smoke` replaces the default `-m 'not slow'`).
@@ -96,10 +96,14 @@ def check_loop(results, outputs, run_dir):
 
 
 @pytest.mark.smoke
-def test_two_processes_equal_one(tmp_path):
+def test_two_processes_equal_one(tmp_path, monkeypatch):
   data_dir = tmp_path / "data"  # built here once; the workers find it prepared
   one = fixed_batch_run(worker_config(tmp_path / "one", data_dir), jax.devices()[:4])
-  results, outputs = launch(2, 2, tmp_path / "two", data_dir, "fixed,loop,resume")
+  # A run of one process on 8 devices, for the two processes to resume on 4 (resharded).
+  one_process_run = tmp_path / "one_process_run"
+  train.train_and_evaluate(worker_config(tmp_path / "one", data_dir), str(one_process_run), stop_at=2)
+  monkeypatch.setenv("FMJAX_REHOST_FROM", str(one_process_run))
+  results, outputs = launch(2, 2, tmp_path / "two", data_dir, "fixed,loop,resume,rehost")
   check_equal_to_one_process(results, one, devices=4)
   check_loop(results, outputs, tmp_path / "two" / "straight")
   # Resumed on both hosts from the step-2 checkpoint they wrote: steps 3 and 4 as in the straight
@@ -110,6 +114,15 @@ def test_two_processes_equal_one(tmp_path):
   for step in (3, 4):
     assert resumed[step]["train/loss"] == pytest.approx(straight[step]["train/loss"], abs=1e-6)
   assert all(r["resumed"]["eval/loss"] == pytest.approx(r["straight"]["eval/loss"], abs=1e-6) for r in results)
+  # The one-process checkpoint: the same params on the 2-process mesh, and the run goes on; the
+  # data position (one host's) cannot carry over to two hosts, which the log says.
+  expected = params_sum_of_squares(worker_config(tmp_path / "one", data_dir), one_process_run, 2)
+  for r in results:
+    assert r["rehosted_params_sq"] == pytest.approx(expected, rel=1e-6)
+    assert r["rehosted"]["step"] == 4 and np.isfinite(r["rehosted"]["train/loss"])
+    log = "\n".join(r["rehosted_log"])
+    assert "resumed from" in log and "at step 2" in log, log
+    assert "the data position of step 2 was saved by 1 processes and does not carry over to 2" in log, log
 
 
 @pytest.mark.slow  # over 2 minutes of CPU time (4 processes compile the same steps), 2 cores shared
