@@ -2,7 +2,9 @@
 
     python -m fmjax.fill_mask --workdir DIR --text "The quick [MASK] fox" [--text ...] [--top_k 5]
 
-prints, for each [MASK] of each text, the top-k tokens with their probabilities.
+prints, for each [MASK] of each text, the top-k tokens with their probabilities. A request the
+run cannot serve (no masked_lm run in DIR, a text without [MASK] or longer than the context)
+is one `error: ...` line and exit status 2, before the model is loaded.
 
 Python:
     fill = FillMask.from_workdir(DIR)
@@ -15,21 +17,50 @@ leading space, so "quick [MASK] fox" masks the piece ' brown' (the space before 
 the masked piece).
 """
 
-import sys
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from flax import nnx
 
-from fmjax import inference
+from fmjax import argument_checks, cli_errors, inference
 from fmjax.objectives import mlm_masking
 
 MASK_TEXT = "[MASK]"
 POOLINGS = ("cls", "mean")
 _LENGTH_BUCKET = 16  # texts are padded to a multiple of this: few shapes, few compilations
+
+
+def encode_text(tokenizer, text: str, max_len: int) -> list[int]:
+  """[CLS] text [SEP], each [MASK] as the mask id; a text longer than max_len is a ValueError."""
+  parts = argument_checks.text(text, "text").split(MASK_TEXT)
+  ids = [tokenizer.bos_id]
+  for i, part in enumerate(parts):
+    if i < len(parts) - 1 and tokenizer.kind == "sentencepiece" and part.endswith(" "):
+      part = part[:-1]  # the masked piece carries this space, as '\u2581brown' does
+    ids += tokenizer.encode(part).tolist()
+    if i < len(parts) - 1:
+      ids.append(tokenizer.mask_id)
+  ids.append(tokenizer.eos_id)
+  if len(ids) > max_len:
+    raise ValueError(f"text {text[:40]!r}... is {len(ids)} tokens with [CLS] and [SEP]; the model's "
+                     f"context is {max_len} tokens")
+  return ids
+
+
+def check_request(run: inference.RunFiles, texts: Sequence[str], *, top_k: int) -> None:
+  """ValueError for a fill-mask request this run cannot serve. Reads no parameters: works on
+  the files of a run (inference.open_run) as on a loaded one."""
+  argument_checks.integer(top_k, "top_k", 1)
+  if not texts:
+    raise ValueError(f"no text: give at least one text with a {MASK_TEXT}")
+  max_len = run.objective.model_config(run.config, run.assets).max_len
+  for text in texts:
+    if MASK_TEXT not in argument_checks.text(text, "text"):
+      raise ValueError(f"no {MASK_TEXT} in text {text!r}: fill-mask needs at least one {MASK_TEXT} to fill")
+    encode_text(run.assets, text, max_len)
 
 
 class FillMask:
@@ -60,21 +91,7 @@ class FillMask:
 
   # ---- text -> ids -----------------------------------------------------------------------
   def encode_text(self, text: str) -> list[int]:
-    """[CLS] text [SEP], each [MASK] as the mask id."""
-    tok = self.tokenizer
-    parts = text.split(MASK_TEXT)
-    ids = [tok.bos_id]
-    for i, part in enumerate(parts):
-      if i < len(parts) - 1 and tok.kind == "sentencepiece" and part.endswith(" "):
-        part = part[:-1]  # the masked piece carries this space, as '\u2581brown' does
-      ids += tok.encode(part).tolist()
-      if i < len(parts) - 1:
-        ids.append(tok.mask_id)
-    ids.append(tok.eos_id)
-    if len(ids) > self.max_len:
-      raise ValueError(f"text {text[:40]!r}... is {len(ids)} tokens with [CLS] and [SEP]; the model's "
-                       f"context is {self.max_len} tokens")
-    return ids
+    return encode_text(self.tokenizer, text, self.max_len)
 
   def _batch(self, rows: Sequence[Sequence[int]]) -> dict:
     longest = max(len(r) for r in rows)
@@ -92,11 +109,7 @@ class FillMask:
     (decoded text, probability), most likely first."""
     if isinstance(texts, str):
       texts = [texts]
-    if top_k < 1:
-      raise ValueError(f"top_k={top_k} must be >= 1")
-    for text in texts:
-      if MASK_TEXT not in text:
-        raise ValueError(f"no {MASK_TEXT} in text {text!r}: fill-mask needs at least one {MASK_TEXT} to fill")
+    check_request(self.run, texts, top_k=top_k)
     rows = [self.encode_text(t) for t in texts]
     probs_BxTxV = np.asarray(self._probabilities(self._state, self._batch(rows)))
     results = []
@@ -130,26 +143,20 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  # Flags are defined only when run as a program, so that importing several entry points
+  # Defined when run as a program (cli_errors.run), so that importing several entry points
   # (tests, notebooks) does not define the same flag twice.
   flags.DEFINE_string("workdir", None, "workdir of a masked_lm training run")
   flags.DEFINE_multi_string("text", None, f"text with one or more {MASK_TEXT}; repeat the flag for a batch")
-  flags.DEFINE_integer("top_k", 5, "candidates printed per mask")
+  flags.DEFINE_integer("top_k", 5, "candidates printed per mask, an integer >= 1")
 
 
 def main(argv):
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, tfds) drown the output
   del argv
-  if not FLAGS.workdir or not FLAGS.text:
-    print("error: --workdir and --text are required", file=sys.stderr)
-    sys.exit(2)
-  try:
-    fill = FillMask.from_workdir(FLAGS.workdir)
-    results = fill(FLAGS.text, top_k=FLAGS.top_k)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  cli_errors.require(workdir=FLAGS.workdir, text=FLAGS.text)
+  files = inference.open_run(FLAGS.workdir, expect_objective="masked_lm")
+  check_request(files, FLAGS.text, top_k=FLAGS.top_k)
+  fill = FillMask(inference.restore(files))
+  results = fill(FLAGS.text, top_k=FLAGS.top_k)
   print(f"# {FLAGS.workdir} at step {fill.run.step}")
   for text, per_mask in zip(FLAGS.text, results):
     print(f"--- text: {text!r}")
@@ -158,5 +165,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli_errors.run(main, define_flags)

@@ -8,8 +8,10 @@ add --coordinator=HOST:PORT --num_processes=N --process_id=I on every host.
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
+
+from fmjax import cli_errors
 
 FLAGS = flags.FLAGS
 
@@ -27,27 +29,28 @@ def define_flags():
 
 
 def main(argv):
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, tfds) drown the progress lines
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from fmjax import config_checks, parallel, run_errors, train  # after flag parsing: jax reads its flags then
+  del argv  # cli_errors.run refuses stray arguments
+  from fmjax import parallel, run_errors, train  # after flag parsing: jax reads its flags then
   if FLAGS.coordinator or FLAGS.distributed:
     parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   try:
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_checks.ConfigError, FileNotFoundError, ValueError, run_errors.RunError) as e:
-    # Bad input (config, data, paths) and faults the run survived (NaN, a failed save, a busy
-    # workdir) are reported in one line; --verbosity=1 shows the traceback.
+  except run_errors.RunError as e:
+    # Faults the run survived (NaN, a failed save, a busy workdir) are one line too, with their
+    # own exit status; bad input (ConfigError and other ValueErrors, missing files) is
+    # cli_errors' (status 2). --verbosity=1 shows the traceback.
     if FLAGS.verbosity > 0:
       raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(getattr(e, "exit_status", 2))
+    print(f"error: {cli_errors.one_line(e)}", file=sys.stderr)
+    sys.exit(e.exit_status)
   summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.items())
                       if k.startswith(("train/loss", "eval/")) and isinstance(v, float))
-  print(f"done at step {result['step']}: {summary}")
+  if result["step"] < FLAGS.config.train.steps:
+    print(f"stopped at step {result['step']} of {FLAGS.config.train.steps} (preempted): run the same command "
+          f"to resume; {summary}")
+  else:
+    print(f"done at step {result['step']}: {summary}")
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli_errors.run(main, define_flags)

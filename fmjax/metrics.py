@@ -76,6 +76,20 @@ class MetricsWriter:
       if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
         self._tb.add_scalar(k, v, step)
 
+  def forget_after(self, step: int) -> None:
+    """Drops the rows of steps after `step` (and any line that does not parse). A run resumed
+    from its checkpoint at `step` logs the steps after it again, recomputed; without this a
+    killed run's last rows would appear twice and the file would stop being one row per step."""
+    if not self.enabled:
+      return
+
+    def logged_by_then(line: str) -> bool:
+      try:
+        return int(json.loads(line).get("step", 0)) <= step
+      except (ValueError, TypeError, AttributeError):
+        return False
+    self._jsonl.keep_lines(logged_by_then)
+
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """Each H x W x C uint8 image to `workdir/<name>/step_<step>.png` and to TensorBoard."""
     if not self.enabled:

@@ -168,6 +168,20 @@ class Appender:
     if time.monotonic() - self._last_upload >= self.flush_seconds:
       self.flush()
 
+  def keep_lines(self, keep) -> None:
+    """Rewrites what the file holds so far with only the lines (newline included) for which
+    `keep(line)` is true; later writes append after them."""
+    if self.remote:
+      self._text = "".join(line for line in self._text.splitlines(keepends=True) if keep(line))
+      self._dirty = True
+      self.flush()
+      return
+    self._handle.close()
+    with open(self.path) as handle:
+      lines = handle.readlines()
+    write_atomically(self.path, "".join(line for line in lines if keep(line)))
+    self._handle = open(self.path, "a", buffering=1)
+
   def flush(self) -> None:
     if not self.remote:
       self._handle.flush()

@@ -14,7 +14,10 @@ any other difference too, for a deliberate change of recipe mid-run (each is log
 
 from typing import Any
 
-from fmjax import config_checks
+# field_checks, not config_checks: the comparison is importable without JAX (fmjax.sweep decides
+# whether a run is finished without starting JAX). Both name the same ConfigError.
+from fmjax import config_diff
+from fmjax.field_checks import ConfigError
 
 # Dotted names (or prefixes ending in '.') that may differ between launches of one run.
 MAY_CHANGE = (
@@ -24,16 +27,6 @@ MAY_CHANGE = (
 )
 # Kernel choices inside any model section (model.remat, model.text.remat, ...): same parameters.
 ATTENTION_KERNELS = ("auto", "xla", "cudnn")
-
-
-def flatten(tree: Any, prefix: str = "") -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
-  if not isinstance(tree, dict):
-    return {prefix[:-1]: tree}
-  flat = {}
-  for key, value in tree.items():
-    flat.update(flatten(value, f"{prefix}{key}."))
-  return flat
 
 
 def may_change(name: str, old: Any = None, new: Any = None) -> bool:
@@ -49,7 +42,7 @@ def may_change(name: str, old: Any = None, new: Any = None) -> bool:
 def differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
   """(field, saved value, current value) for each field that differs and may not. A field the
   saved config lacks was added to fmjax after that run started: its default is assumed."""
-  old, new = flatten(saved), flatten(current)
+  old, new = config_diff.flatten(saved), config_diff.flatten(current)
   found = []
   for name in sorted(set(old) | set(new)):
     if name not in old or may_change(name, old.get(name), new.get(name)):
@@ -66,7 +59,7 @@ def check_same_run(saved: dict, current: dict, *, workdir: str, step: int, allow
   lines = [f"config.{name}: {old!r} in the run, {new!r} now" for name, old, new in found]
   if found and not allow_change:
     shown = "; ".join(lines[:8]) + (f"; and {len(lines) - 8} more" if len(lines) > 8 else "")
-    raise config_checks.ConfigError(
+    raise ConfigError(
         f"workdir {workdir} holds a different run (checkpoint step {step}): {shown}. Use another "
         f"--workdir, or --config.checkpoint.allow_config_change=True to resume it under the new config")
   return lines

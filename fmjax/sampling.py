@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fmjax import argument_checks
 from fmjax.models import attention
 
 
@@ -94,24 +95,36 @@ def _decode(graphdef, params, tokens_BxP, starts_B, rng, temperature, eos_id, *,
   return out_BxN, i
 
 
+def check_settings(*, max_new_tokens: int | None, temperature: float, top_k: int, top_p: float, seed: int,
+                   vocab_limit: int | None = None, prompt_lengths: Sequence[int] = (),
+                   max_len: int | None = None) -> None:
+  """ValueError naming the first setting out of range. Needs no model: the bounds that depend
+  on one apply when given (top_k <= vocab_limit; the longest prompt plus max_new_tokens within
+  max_len, where learned positions end); max_new_tokens None is the caller's default, unchecked."""
+  if max_new_tokens is not None:
+    argument_checks.integer(max_new_tokens, "max_new_tokens", 1)
+  argument_checks.number(temperature, "temperature", 0.0, note=" (0: greedy)")
+  argument_checks.integer(top_k, "top_k", 0, vocab_limit, note=" (0: no top-k filter)")
+  argument_checks.number(top_p, "top_p", 0.0, 1.0, low_open=True, note=" (1: no nucleus filter)")
+  argument_checks.seed(seed)
+  if any(length < 1 for length in prompt_lengths):
+    raise ValueError("every prompt needs at least one token")
+  if max_len is not None and max_new_tokens is not None and prompt_lengths:
+    longest = max(prompt_lengths)
+    if longest + max_new_tokens > max_len:
+      raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                       f"context of {max_len} tokens")
+
+
 def generate_ids(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                  eos_id: int, pad_id: int, vocab_limit: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, max_len: int | None = None) -> list[list[int]]:
   """New token ids for each prompt (each already starting with BOS), stopping after EOS."""
-  if not prompts or any(len(p) == 0 for p in prompts):
-    raise ValueError("every prompt needs at least one token")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
-  if temperature < 0:
-    raise ValueError(f"temperature={temperature}: must be >= 0 (0 is greedy)")
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p={top_p}: must be in (0, 1]")
-  if top_k < 0 or top_k > vocab_limit:
-    raise ValueError(f"top_k={top_k}: must be in [0, {vocab_limit}] (0: no top-k filter)")
-  longest = max(len(p) for p in prompts)
-  if max_len is not None and longest + max_new_tokens > max_len:
-    raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                     f"context of {max_len} tokens")
+  if not prompts:
+    raise ValueError("no prompts: give at least one")
+  argument_checks.integer(max_new_tokens, "max_new_tokens", 1)
+  check_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                 vocab_limit=vocab_limit, prompt_lengths=[len(p) for p in prompts], max_len=max_len)
   tokens, starts = left_pad(prompts, pad_id)
   graphdef, params = nnx.split(model)
   out, steps = _decode(graphdef, params, jnp.asarray(tokens), jnp.asarray(starts), jax.random.PRNGKey(seed),

@@ -342,6 +342,7 @@ def _loop(setup: Setup, workdir: str, ckpt: checkpointing.Checkpointer, train_it
           config_dict: dict, *, stop_at: Optional[int]) -> dict:
   config, objective, mesh, assets = setup.config, setup.objective, setup.mesh, setup.assets
   latest, state = ckpt.restore_newest(setup.abstract_state, train_iter, say)
+  writer.forget_after(latest or 0)  # rows a killed attempt logged past its last save come again
   if latest is not None:
     say(f"resumed from {ckpt.directory} at step {latest}")
   else:

@@ -287,3 +287,5 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(finished_run, tmp_pat
   assert steps_saved(damaged) == [2, 4, 6]
   a, b = logged(straight), logged(damaged)
   assert [b[s] for s in (3, 4, 5, 6)] == [a[s] for s in (3, 4, 5, 6)]  # steps 3-4 recomputed exactly
+  rows = [json.loads(line) for line in open(os.path.join(damaged, "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5, 6]  # one row per step
