@@ -63,19 +63,27 @@ class Bert(nnx.Module):
   def encode(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array, segment_ids_BxT: jax.Array,
              token_types_BxT: Optional[jax.Array] = None, dropout_rng: Optional[jax.Array] = None) -> jax.Array:
     """Contextual embeddings (B, T, D) in the compute dtype."""
-    cfg, dt = self.cfg, self.cfg.stack.compute_dtype
     rng_embed, rng_stack = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    x_BxTxD = self.embed_inputs(tokens_BxT, positions_BxT=positions_BxT, token_types_BxT=token_types_BxT,
+                                dropout_rng=rng_embed)
+    x_BxTxD, _ = self.stack(x_BxTxD, positions_BxT=positions_BxT, mask=attention_mask(segment_ids_BxT),
+                            is_causal=False, dropout_rng=rng_stack)
+    return self.ln_final(x_BxTxD)
+
+  def embed_inputs(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array,
+                   token_types_BxT: Optional[jax.Array] = None, dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+    """What the first block reads (B, T, D): token + position (+ type) embeddings, LayerNorm,
+    dropout. Split from encode so that a probe can run the blocks one at a time
+    (fmjax.text_features)."""
+    cfg, dt = self.cfg, self.cfg.stack.compute_dtype
     x_BxTxD = embed_lookup(self.embed[...], tokens_BxT, dt)
     if cfg.positions == "learned":
       x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dt)
     if cfg.type_vocab_size:
       types_BxT = jnp.zeros_like(tokens_BxT) if token_types_BxT is None else token_types_BxT
       x_BxTxD = x_BxTxD + jnp.take(self.type_embed[...], types_BxT, axis=0).astype(dt)
-    x_BxTxD = dropout(self.ln_embed(x_BxTxD), cfg.stack.dropout, rng_embed)
-    x_BxTxD = parallel.constrain(x_BxTxD, ("batch", "length", "act_embed"))
-    x_BxTxD, _ = self.stack(x_BxTxD, positions_BxT=positions_BxT, mask=attention_mask(segment_ids_BxT),
-                            is_causal=False, dropout_rng=rng_stack)
-    return self.ln_final(x_BxTxD)
+    x_BxTxD = dropout(self.ln_embed(x_BxTxD), cfg.stack.dropout, dropout_rng)
+    return parallel.constrain(x_BxTxD, ("batch", "length", "act_embed"))
 
   def mlm_logits(self, h_BxNxD: jax.Array) -> jax.Array:
     """Vocabulary logits (B, N, V) for N encoded positions (all of them, or gathered ones)."""

@@ -43,16 +43,23 @@ class Gpt(nnx.Module):
     attention (the fast path the fused kernels know)."""
     cfg, dt = self.cfg, self.cfg.stack.compute_dtype
     rng_embed, rng_stack = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
-    x_BxTxD = embed_lookup(self.embed[...], tokens_BxT, dt)
-    if cfg.positions == "learned":
-      x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dt)
-    x_BxTxD = parallel.constrain(dropout(x_BxTxD, cfg.stack.dropout, rng_embed), ("batch", "length", "act_embed"))
+    x_BxTxD = self.embed_inputs(tokens_BxT, positions_BxT=positions_BxT, dropout_rng=rng_embed)
     x_BxTxD, caches = self.stack(x_BxTxD, positions_BxT=positions_BxT, mask=mask, is_causal=is_causal,
                                  dropout_rng=rng_stack, caches=caches, cache_index=cache_index)
     x_BxTxD = self.ln_final(x_BxTxD)
     head_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
     logits_BxTxV = x_BxTxD @ head_DxV.astype(dt)
     return parallel.constrain(logits_BxTxV, ("batch", "length", "vocab")), caches
+
+  def embed_inputs(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array,
+                   dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+    """What the first block reads (B, T, D): token (+ learned position) embeddings, dropped out.
+    Split from __call__ so that a probe can run the blocks one at a time (fmjax.text_features)."""
+    cfg, dt = self.cfg, self.cfg.stack.compute_dtype
+    x_BxTxD = embed_lookup(self.embed[...], tokens_BxT, dt)
+    if cfg.positions == "learned":
+      x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dt)
+    return parallel.constrain(dropout(x_BxTxD, cfg.stack.dropout, dropout_rng), ("batch", "length", "act_embed"))
 
   def init_caches(self, batch: int, length: int):
     return self.stack.init_caches(batch, length, self.cfg.stack.compute_dtype)
