@@ -158,6 +158,21 @@ def test_the_report_names_every_run(scenario):
     assert name in page
 
 
+def test_the_report_of_the_two_real_runs_diffs_their_one_field_and_overlays_both(scenario):
+  """The sweep's two trained runs differ in the learning rate alone: the report's config diff is
+  that field, and every shared train metric is drawn for both runs over every step."""
+  from fmjax import config_diff, report
+  plan = report.plan_report([str(scenario.root)])
+  assert [run.name for run in plan.runs] == NAMES
+  assert config_diff.differing_fields([run.config for run in plan.runs]) == {"optim.learning_rate": [0.001, 0.003]}
+  loss = next(p for p in plan.plots if p.metric == "train/loss")
+  assert [c.run for c in loss.curves] == NAMES
+  assert all(list(c.steps) == list(range(1, STEPS + 1)) for c in loss.curves)  # one point per step
+  assert loss.curves[0].values != loss.curves[1].values
+  page = (scenario.root / "report.html").read_text()
+  assert "optim.learning_rate" in page
+
+
 def test_a_changed_config_is_refused_without_training(scenario, capsys):
   """Relaunched with another fixed override, each run's workdir holds a different run: both are
   reported failed with the fields that differ, and nothing is started or written in them."""
