@@ -30,13 +30,14 @@ Python:
 """
 
 import json
+import sys
 
 import jax
 import numpy as np
 from absl import flags
 from flax import nnx
 
-from fmjax import argument_checks, cli_errors, inference, linear_probe, probe_tasks, text_features
+from fmjax import argument_checks, cli_errors, inference, linear_probe, paths, probe_tasks, run_records, text_features
 
 TEXT_OBJECTIVES = ("causal_lm", "masked_lm")
 DEFAULTS = dict(layer=-1, pool="mean", random_init=False, modules=probe_tasks.STDLIB_MODULES, train_per_class=300,
@@ -110,6 +111,27 @@ def run_probe(workdir: str, task: str = "stdlib-module", **settings) -> dict:
           "workdir": workdir}
 
 
+def metric_name(result: dict) -> str:
+  """What the report calls this probe's accuracy: `probe/<task>/accuracy`, with a suffix for each
+  setting that differs from the default (random_init, another layer, another pooling)."""
+  parts = (["random_init"] if result["random_init"] else []) + \
+          ([f"layer{result['layer']}"] if result["layer"] != result["num_layers"] else []) + \
+          ([result["pool"]] if result["pool"] != DEFAULTS["pool"] else [])
+  return f"probe/{result['task']}/accuracy" + "".join(f"_{p}" for p in parts)
+
+
+def record(result: dict) -> str:
+  """Writes the result into its run's workdir (`probes/<metric>.json`), where `fmjax.report`
+  reads it beside the run's curves: one page then shows which objective's encoder probes best.
+  Returns the path written."""
+  name = metric_name(result)
+  folder = paths.join(paths.absolute(result["workdir"]), run_records.PROBES_DIR)
+  paths.makedirs(folder)
+  path = paths.join(folder, name.replace("/", "__") + ".json")
+  paths.write_atomically(path, json.dumps({**result, "metric": name}, indent=2))
+  return path
+
+
 def summary(result: dict) -> str:
   """The one line the command prints."""
   r = result
@@ -143,6 +165,7 @@ def define_flags():
                        f"[0, {argument_checks.SEED_LIMIT - 1}]")
   flags.DEFINE_integer("batch_size", d["batch_size"], "snippets per forward pass, an integer >= 1")
   flags.DEFINE_boolean("json", False, "print the result as one JSON object")
+  flags.DEFINE_boolean("record", True, "also write the result to WORKDIR/probes/, where fmjax.report shows it")
 
 
 def main(argv):
@@ -153,6 +176,11 @@ def main(argv):
                      modules=modules, train_per_class=FLAGS.train_per_class, test_per_class=FLAGS.test_per_class,
                      snippet_chars=FLAGS.snippet_chars, l2=FLAGS.l2, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
   print(json.dumps(result) if FLAGS.json else summary(result))
+  if FLAGS.record:
+    try:
+      record(result)
+    except OSError as e:  # a read-only run: the result is printed all the same
+      print(f"note: the result was not recorded in {FLAGS.workdir} ({e})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -52,16 +52,17 @@ class ReportPlan:
 
 
 def is_reported(metric: str) -> bool:
-  return metric.startswith(("train/", "eval/")) or metric in THROUGHPUT_METRICS
+  return metric.startswith(("train/", "eval/", "probe/")) or metric in THROUGHPUT_METRICS
 
 
 def style_of(metric: str) -> str:
-  return "points" if metric.startswith("eval/") else "line"
+  return "points" if metric.startswith(("eval/", "probe/")) else "line"
 
 
 def metric_order(metric: str):
-  """train/ first, then eval/, then throughput; the loss leads its group; then by name."""
-  group = 0 if metric.startswith("train/") else 1 if metric.startswith("eval/") else 2
+  """train/ first, then eval/, probes (fmjax.probe), throughput; the loss leads its group; then by name."""
+  group = (0 if metric.startswith("train/") else 1 if metric.startswith("eval/")
+           else 2 if metric.startswith("probe/") else 3)
   return group, not metric.endswith("/loss"), metric
 
 

@@ -22,6 +22,7 @@ from fmjax import paths
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+PROBES_DIR = "probes"  # fmjax.probe's results: {"metric": "probe/<task>/accuracy", "step": S, "accuracy": x, ...}
 
 
 @dataclasses.dataclass
@@ -110,10 +111,28 @@ def load_run(workdir: str) -> Run:
     raise ValueError(not_a_run(workdir))
   problems = []
   config = read_config(paths.join(path, CONFIG_FILE), problems)
-  rows = read_rows(paths.join(path, METRICS_FILE), problems)
+  rows = read_rows(paths.join(path, METRICS_FILE), problems) + probe_rows(path, problems)
   objective = config.get("objective") if config else None
   return Run(name=os.path.basename(path) or path, path=path, config=config, rows=rows,
              objective=objective if isinstance(objective, str) else None, problems=problems)
+
+
+def probe_rows(workdir: str, problems: list[str]) -> list[dict]:
+  """The probes run on this run's checkpoints, as rows {step, metric: accuracy}: a probe's
+  accuracy is then a metric like the others (a point at the step it probed)."""
+  folder = paths.join(workdir, PROBES_DIR)
+  if not paths.isdir(folder):
+    return []
+  rows = []
+  for entry in sorted(epath.Path(folder).iterdir(), key=lambda e: e.name):
+    if not entry.name.endswith(".json"):
+      continue
+    try:
+      result = json.loads(entry.read_text())
+      rows.append({"step": int(result["step"]), str(result["metric"]): float(result["accuracy"])})
+    except (ValueError, KeyError, TypeError) as e:
+      problems.append(f"{PROBES_DIR}/{entry.name} is not a probe result ({e}); left out")
+  return rows
 
 
 def read_config(path: str, problems: list[str]) -> Optional[dict]:

@@ -235,6 +235,27 @@ def run_cli(argv, capfd):
   return code, capfd.readouterr()
 
 
+def test_probe_results_reach_the_report_page(runs, tmp_path):
+  """Recorded in each run's workdir, the two objectives' probe accuracies become one metric of
+  the report: a point per run on one plot, and a column of the final figures."""
+  from fmjax import report
+  results = {}
+  for variant in VARIANTS:
+    results[variant] = probe.run_probe(runs[variant], "stdlib-module", **PROBE)
+    probe.record(results[variant])
+  name = "probe/stdlib-module/accuracy"
+  assert probe.metric_name(probe.run_probe(runs[VARIANTS[0]], "stdlib-module", random_init=True, **PROBE)) == \
+      name + "_random_init"
+  plan = report.plan_report([runs[v] for v in VARIANTS])
+  plot = next(p for p in plan.plots if p.metric == name)
+  assert plot.style == "points"
+  assert {c.run: (list(c.steps), list(c.values)) for c in plot.curves} == {
+      v: ([STEPS], [results[v]["accuracy"]]) for v in VARIANTS}
+  assert name in plan.table_metrics
+  page = report.write_report([runs[v] for v in VARIANTS], str(tmp_path / "report.html"))
+  assert name in open(page).read()
+
+
 def test_cli_prints_one_line_or_json(runs, capfd):
   workdir = runs["tiny-masked"]
   args = ["--workdir", workdir, "--task", "stdlib-module"] + [f"--{k}={v}" for k, v in PROBE.items()]
