@@ -289,7 +289,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at: Optional[int] = None,
 
 def _train_locked(config, objective, workdir: str, *, stop_at: Optional[int],
                   log: Optional[Callable[[str], None]]) -> dict:
-  is_main = jax.process_index() == 0
   paths.makedirs(workdir)
   config_dict = config.to_dict()
   ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)

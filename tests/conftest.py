@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import sys
 
 import jax
 
@@ -13,11 +14,18 @@ jax.config.update("jax_platforms", "cpu")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_config(name: str = "gpt", variant: str = "tiny"):
-  spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
+def load_module(relative_path: str, name: str):
+  """A Python file of the repository that is not a package module (experiments/, benchmarks/),
+  imported under `name` (registered in sys.modules: dataclasses look their module up by name)."""
+  spec = importlib.util.spec_from_file_location(name, ROOT / relative_path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
   spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return module
+
+
+def load_config(name: str = "gpt", variant: str = "tiny"):
+  return load_module(f"experiments/{name}.py", f"experiments_{name}").get_config(variant)
 
 
 def small_config(tmp_path=None, **overrides):

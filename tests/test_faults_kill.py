@@ -6,24 +6,14 @@ to an uninterrupted run's bit for bit, no temporary folder restored or in the wa
 """
 
 import dataclasses
-import importlib.util
 import random
-import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import load_module
 
 
-def _load_script():
-  spec = importlib.util.spec_from_file_location("kill_trials", ROOT / "benchmarks" / "kill_trials.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up by name
-  spec.loader.exec_module(module)
-  return module
-
-
-kill_trials = _load_script()
+kill_trials = load_module("benchmarks/kill_trials.py", "kill_trials")
 
 
 def test_two_kills_lose_nothing(tmp_path):

@@ -1,22 +1,11 @@
 """A 2,000-step run keeps its host memory and step time flat (benchmarks/long_run_flat.py)."""
 
-import importlib.util
-import sys
-
 import pytest
 
-from conftest import ROOT
+from conftest import load_module
 
 
-def _load_script():
-  spec = importlib.util.spec_from_file_location("long_run_flat", ROOT / "benchmarks" / "long_run_flat.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up by name
-  spec.loader.exec_module(module)
-  return module
-
-
-long_run_flat = _load_script()
+long_run_flat = load_module("benchmarks/long_run_flat.py", "long_run_flat")
 
 
 def test_drift_flags_growth():
