@@ -148,29 +148,38 @@ def _plain(v):
 
 
 class Throughput:
-  """Wall time between log points (after a device sync), into units/s and MFU."""
+  """Wall time between log points (after a device sync), into units/s and MFU, and the share of
+  it the loop spent blocked on the input pipeline."""
 
   def __init__(self, units_per_step: float, flops_per_step: float, num_devices: int):
     self.units_per_step, self.flops_per_step, self.num_devices = units_per_step, flops_per_step, num_devices
     self.peak = peak_flops_per_device()
-    self.last_time, self.last_step, self.excluded = None, None, 0.0
+    self.last_time, self.last_step, self.excluded, self.data_wait = None, None, 0.0, 0.0
 
   def start(self, step: int) -> None:
-    self.last_time, self.last_step, self.excluded = time.perf_counter(), step, 0.0
+    self.last_time, self.last_step, self.excluded, self.data_wait = time.perf_counter(), step, 0.0, 0.0
 
   def exclude(self, seconds: float) -> None:
     """Time spent outside training steps (evaluation, checkpoint copies) is not step time."""
     self.excluded += seconds
 
+  def waited_for_data(self, seconds: float) -> None:
+    """Time the loop spent getting the next batch. Steps are dispatched asynchronously, so while
+    the pipeline keeps ahead this is near zero (the host waits at the log sync instead); when the
+    pipeline is the bottleneck it is the time the device sat idle for want of input."""
+    self.data_wait += seconds
+
   def measure(self, step: int) -> dict:
     now = time.perf_counter()
     steps = step - self.last_step
     seconds = now - self.last_time - self.excluded
+    data_wait, self.data_wait = self.data_wait, 0.0
     self.last_time, self.last_step, self.excluded = now, step, 0.0
     if steps <= 0 or seconds <= 0:
       return {}
     step_time = seconds / steps
     return {"perf/step_time_s": step_time,
+            "perf/data_wait_fraction": min(data_wait / seconds, 1.0),
             "perf/units_per_s": self.units_per_step / step_time,
             "perf/mfu": mfu(self.flops_per_step / step_time, self.num_devices, self.peak),
             "perf/host_rss_mb": host_rss_mb()}

@@ -376,7 +376,9 @@ def _loop(setup: Setup, workdir: str, ckpt: checkpointing.Checkpointer, train_it
   with _Preemption() as preemption, jax.set_mesh(mesh):
     throughput.start(step)
     while step < total:
+      t0 = time.perf_counter()
       batch = parallel.global_batch(next(train_iter), mesh)
+      throughput.waited_for_data(time.perf_counter() - t0)
       if compiled is None:
         t0 = time.perf_counter()
         compiled = jit_train_step(setup, batch).lower(state, batch).compile()

@@ -1,10 +1,14 @@
 """The step loop stays on the device: the train step compiles once, and the host reads device
-values only at log, evaluation and checkpoint steps (where the loop syncs on purpose)."""
+values only at log, evaluation and checkpoint steps (where the loop syncs on purpose); the time
+it spends waiting for input is measured."""
+
+import json
+import time
 
 from jax._src import array as jax_array, monitoring
 
 from conftest import small_config
-from fmjax import train
+from fmjax import parallel, train
 
 
 class StepCounter:
@@ -62,3 +66,22 @@ def test_one_compile_and_host_reads_only_at_sync_steps(tmp_path, monkeypatch):
   # save (step 6) and the evaluation step at its first use (12); never at a later save or step.
   assert set(compiles) <= {0, 6, 12}, compiles
   assert compiles.count(12) <= 1, compiles
+
+
+def test_time_waiting_for_input_is_reported(tmp_path, monkeypatch):
+  # An input pipeline far slower than the step: nearly all of each interval is spent waiting.
+  config = small_config(tmp_path, train__steps=6, train__log_every=3, checkpoint__every=6)
+  real_global_batch = parallel.global_batch
+
+  def slow_global_batch(batch, mesh):
+    time.sleep(0.25)
+    return real_global_batch(batch, mesh)
+
+  monkeypatch.setattr(parallel, "global_batch", slow_global_batch)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  fractions = [r["perf/data_wait_fraction"] for r in rows if "perf/data_wait_fraction" in r]
+  assert len(fractions) == 2, rows
+  # 0.25 s a batch against a step of a few milliseconds (the first interval starts after the
+  # compile, so it counts two waits, the second three).
+  assert all(0.7 < f <= 1.0 for f in fractions), fractions

@@ -131,7 +131,7 @@ def test_training_run_writes_its_outputs(tmp_path):
   eval_rows = [r for r in rows if "eval/loss" in r]
   assert [r["step"] for r in train_rows] == [2, 4, 6]
   assert [r["step"] for r in eval_rows] == [3, 6]
-  for key in ("train/grad_norm", "train/learning_rate", "perf/units_per_s", "perf/step_time_s"):
+  for key in ("train/grad_norm", "train/learning_rate", "perf/units_per_s", "perf/step_time_s", "perf/data_wait_fraction"):
     assert key in train_rows[-1]
   assert {"eval/perplexity", "eval/bits_per_byte"} <= set(eval_rows[-1])
   assert abs(eval_rows[-1]["eval/perplexity"] - np.exp(eval_rows[-1]["eval/loss"])) < 1e-3
