@@ -67,7 +67,8 @@ def transformer(**overrides) -> ml_collections.ConfigDict:
       tie_embeddings=True,
       vocab_multiple=128,          # pad the embedding table so it shards and tiles evenly
       dtype="float32",             # compute dtype: 'float32' or 'bfloat16' (params stay float32)
-      attention="auto",            # 'auto' (cudnn on GPU, xla elsewhere), 'xla' or 'cudnn'
+      attention="auto",            # 'auto' (cudnn on GPU, einsum on CPU, xla on TPU), 'xla'
+                                   # (jax.nn.dot_product_attention), 'einsum' (fmjax's) or 'cudnn'
       scan_layers=False,           # one compiled block scanned over layers (faster compiles)
       remat="none",                # 'none', 'full', 'dots' (keep matmul outputs, recompute the rest)
   ), overrides)

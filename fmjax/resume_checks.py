@@ -26,7 +26,7 @@ MAY_CHANGE = (
     "data.data_dir", "data.prefetch", "data.eval_batches",
 )
 # Kernel choices inside any model section (model.remat, model.text.remat, ...): same parameters.
-ATTENTION_KERNELS = ("auto", "xla", "cudnn")
+ATTENTION_KERNELS = ("auto", "xla", "einsum", "cudnn")
 
 
 def may_change(name: str, old: Any = None, new: Any = None) -> bool:

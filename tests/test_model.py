@@ -190,3 +190,40 @@ def test_padded_attention_equals_unpadded(is_causal, with_mask):
   want = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="xla")
   got = attention.attend_padded(q, k, v, mask=mask, is_causal=is_causal, implementation="xla", multiple=16)
   np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("is_causal,with_mask,queries,dtype", [
+    (True, False, 13, jnp.float32), (False, True, 13, jnp.float32), (True, True, 13, jnp.float32),
+    (False, True, 5, jnp.float32), (True, False, 13, jnp.bfloat16)])
+def test_einsum_attention_equals_library_attention(is_causal, with_mask, queries, dtype):
+  """fmjax's heads-major attention (the CPU default) computes what jax.nn.dot_product_attention
+  does, values and gradients, including a query that may see no key (a padding row) and
+  cross-attention (fewer queries than keys)."""
+  rng = np.random.default_rng(1)
+  q = jnp.asarray(rng.normal(size=(2, queries, 3, 8)), dtype)
+  k, v = (jnp.asarray(rng.normal(size=(2, 13, 3, 8)), dtype) for _ in range(2))
+  mask = None
+  if with_mask:
+    mask_np = rng.random((2, 1, queries, 13)) < 0.6
+    mask_np[1, 0, 2] = False  # nothing to attend to
+    mask = jnp.asarray(mask_np)
+
+  def loss(fn, q, k, v):
+    out = fn(q, k, v, mask=mask, is_causal=is_causal)
+    return jnp.sum(out.astype(jnp.float32) * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
+
+  library = lambda *a, **kw: jax.nn.dot_product_attention(*a, **kw, implementation="xla")
+  (_, want), want_grads = jax.value_and_grad(lambda *a: loss(library, *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  (_, got), got_grads = jax.value_and_grad(lambda *a: loss(attention.attend_einsum, *a), argnums=(0, 1, 2),
+                                           has_aux=True)(q, k, v)
+  assert got.dtype == dtype and got.shape == want.shape
+  tol = 2e-2 if dtype == jnp.bfloat16 else 2e-5
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=tol * 5)
+
+
+def test_auto_attention_is_einsum_on_cpu():
+  assert attention.resolve_implementation("auto") == "einsum"
+  with pytest.raises(ValueError, match="choose one of"):
+    attention.resolve_implementation("flash")

@@ -9,7 +9,7 @@ from flax import nnx
 
 from fmjax import parallel
 from fmjax.models import attention
-from fmjax.models.transformer import LayerNorm, StackConfig, TransformerStack, dropout, embed_lookup, param
+from fmjax.models.transformer import LayerNorm, StackConfig, TransformerStack, dense, dropout, embed_lookup, param
 
 
 
@@ -48,7 +48,7 @@ class Gpt(nnx.Module):
                                  dropout_rng=rng_stack, caches=caches, cache_index=cache_index)
     x_BxTxD = self.ln_final(x_BxTxD)
     head_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
-    logits_BxTxV = x_BxTxD @ head_DxV.astype(dt)
+    logits_BxTxV = dense(x_BxTxD, head_DxV.astype(dt))
     return parallel.constrain(logits_BxTxV, ("batch", "length", "vocab")), caches
 
   def embed_inputs(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array,
