@@ -22,6 +22,9 @@ Variants (`get_config(arg)`):
                GPU: --config.train.grad_accum_steps=16. Not yet trained here; benchmark with
                benchmarks/gpu_gpt2.sh (one H100: 0.30M tokens/s at batch 16, 0.67x the
                nanoGPT-recipe peer).
+  gpt2-1gpu    the same model for one GPU: no FSDP, layers unrolled, no remat, the batch of 512
+               as 32 micro-batches of 16. benchmarks/gpu_throughput.sh measures it (and the
+               scanned variant) against the nanoGPT-recipe peer; not yet measured.
   gpt2-medium  350M params, seq 1024, batch 512 as 4 micro-batches. Target topology v5e:4x4:
                8.9 of 16 GiB per chip. Not yet trained.
 
@@ -105,10 +108,20 @@ def _gpt2(c, layers=12, heads=12, dim=768):
   c.train.grad_accum_steps = 2
 
 
+def _gpt2_1gpu(c):
+  """GPT-2 small on one GPU: no pod settings (FSDP, scan, remat) that one device does not need."""
+  _gpt2(c)
+  c.mesh.update(data=-1, fsdp=1)
+  c.model.scan_layers = False        # unrolled: XLA schedules and fuses across layers
+  c.model.remat = "none"             # 16 sequences of 1024 fit without it (18 GB peak on an H100)
+  c.train.grad_accum_steps = 32      # the global batch of 512, 16 sequences at a time
+  c.topology = ""                    # not a TPU config
+
+
 def _gpt2_medium(c):
   _gpt2(c, layers=24, heads=16, dim=1024)
   c.optim.learning_rate = 3e-4
   c.train.grad_accum_steps = 4       # 8 sequences per chip at a time; 2 micro-batches need 16.9 GiB
 
 
-VARIANTS = {"tiny": _tiny, "small": _small, "gpt2": _gpt2, "gpt2-medium": _gpt2_medium}
+VARIANTS = {"tiny": _tiny, "small": _small, "gpt2": _gpt2, "gpt2-1gpu": _gpt2_1gpu, "gpt2-medium": _gpt2_medium}

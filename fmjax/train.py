@@ -179,8 +179,9 @@ def make_train_step(setup: Setup) -> Callable:
       total, _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum_steps)))
       # Mean over micro-batches of each micro-batch's mean loss.
       grads, metrics = jax.tree.map(lambda x: x / accum_steps, total)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_params = optax.apply_updates(params, updates)
+    with jax.named_scope("optimizer"):
+      updates, opt_state = tx.update(grads, state["opt_state"], params)
+      new_params = optax.apply_updates(params, updates)
     new_state = {"params": new_params, "opt_state": opt_state, "rng": state["rng"]}
     if setup.ema_decay > 0:
       new_state["ema_params"] = ema_update(state["ema_params"], new_params, ema_decay_at(setup.ema_decay, state["step"]))

@@ -47,8 +47,9 @@ class Gpt(nnx.Module):
     x_BxTxD, caches = self.stack(x_BxTxD, positions_BxT=positions_BxT, mask=mask, is_causal=is_causal,
                                  dropout_rng=rng_stack, caches=caches, cache_index=cache_index)
     x_BxTxD = self.ln_final(x_BxTxD)
-    head_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
-    logits_BxTxV = dense(x_BxTxD, head_DxV.astype(dt))
+    with jax.named_scope("output_head"):
+      head_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
+      logits_BxTxV = dense(x_BxTxD, head_DxV.astype(dt))
     return parallel.constrain(logits_BxTxV, ("batch", "length", "vocab")), caches
 
   def embed_inputs(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array,

@@ -103,6 +103,7 @@ class LayerNorm(nnx.Module):
     self.affine = affine
     self.eps = eps
 
+  @jax.named_scope("layernorm")
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     # Statistics in float32 even under bf16 compute: cheap, and keeps small-variance rows stable.
     x32 = x_BxTxD.astype(jnp.float32)
@@ -163,7 +164,7 @@ class SelfAttention(nnx.Module):
 
   def __call__(self, x_BxTxD, *, positions_BxT, mask, is_causal, cache=None, cache_index=None):
     cfg, dt = self.cfg, x_BxTxD.dtype
-    project = lambda w, b: dense(x_BxTxD, w[...].astype(dt)) + b[...].astype(dt)
+    project = jax.named_scope("attention_projections")(lambda w, b: dense(x_BxTxD, w[...].astype(dt)) + b[...].astype(dt))
     q_BxTxHxDh = project(self.query, self.query_bias)
     k_BxTxHxDh = project(self.key, self.key_bias)
     v_BxTxHxDh = project(self.value, self.value_bias)
@@ -176,9 +177,11 @@ class SelfAttention(nnx.Module):
       v_BxSxHxDh = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BxTxHxDh.astype(cache["v"].dtype), cache_index, 1)
       cache = {"k": k_BxSxHxDh, "v": v_BxSxHxDh}
       k_BxTxHxDh, v_BxTxHxDh = k_BxSxHxDh.astype(dt), v_BxSxHxDh.astype(dt)
-    y_BxTxHxDh = attention.attend(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh, mask=mask,
-                                  is_causal=is_causal, implementation=cfg.attention)
-    y_BxTxD = dense(y_BxTxHxDh, self.out[...].astype(dt), in_dims=2) + self.out_bias[...].astype(dt)
+    with jax.named_scope("attention"):
+      y_BxTxHxDh = attention.attend(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh, mask=mask,
+                                    is_causal=is_causal, implementation=cfg.attention)
+    with jax.named_scope("attention_projections"):
+      y_BxTxD = dense(y_BxTxHxDh, self.out[...].astype(dt), in_dims=2) + self.out_bias[...].astype(dt)
     return y_BxTxD, cache
 
 
@@ -218,6 +221,7 @@ class Mlp(nnx.Module):
     self.proj = param(rngs, out_init, (cfg.mlp_dim, cfg.embed_dim), ("mlp", "embed"))
     self.proj_bias = param(rngs, nnx.initializers.zeros, (cfg.embed_dim,), (None,))
 
+  @jax.named_scope("mlp")
   def __call__(self, x_BxTxD):
     dt = x_BxTxD.dtype
     h_BxTxF = jax.nn.gelu(dense(x_BxTxD, self.fc[...].astype(dt)) + self.fc_bias[...].astype(dt), approximate=True)

@@ -22,6 +22,7 @@ from fmjax.models import gpt
 from fmjax.objectives import text_assets
 
 
+@jax.named_scope("cross_entropy")
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array):
   """Per-position negative log-likelihood in float32 (whatever the compute dtype), weighted."""
   logits = logits_BxTxV.astype(jnp.float32)
