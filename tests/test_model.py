@@ -1,5 +1,7 @@
 """GPT model: causality, KV-cache decoding == full forward, scan == loop, remat == no remat."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,13 +194,15 @@ def test_padded_attention_equals_unpadded(is_causal, with_mask):
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("query_block", [64, 4])
 @pytest.mark.parametrize("is_causal,with_mask,queries,dtype", [
     (True, False, 13, jnp.float32), (False, True, 13, jnp.float32), (True, True, 13, jnp.float32),
     (False, True, 5, jnp.float32), (True, False, 13, jnp.bfloat16)])
-def test_einsum_attention_equals_library_attention(is_causal, with_mask, queries, dtype):
+def test_einsum_attention_equals_library_attention(is_causal, with_mask, queries, dtype, query_block):
   """fmjax's heads-major attention (the CPU default) computes what jax.nn.dot_product_attention
-  does, values and gradients, including a query that may see no key (a padding row) and
-  cross-attention (fewer queries than keys)."""
+  does, values and gradients, including a query that may see no key (a padding row), a query
+  whose only visible keys are in its future (causal + mask: also none), cross-attention (fewer
+  queries than keys), and causal attention split into query blocks (13 queries in blocks of 4)."""
   rng = np.random.default_rng(1)
   q = jnp.asarray(rng.normal(size=(2, queries, 3, 8)), dtype)
   k, v = (jnp.asarray(rng.normal(size=(2, 13, 3, 8)), dtype) for _ in range(2))
@@ -206,16 +210,25 @@ def test_einsum_attention_equals_library_attention(is_causal, with_mask, queries
   if with_mask:
     mask_np = rng.random((2, 1, queries, 13)) < 0.6
     mask_np[1, 0, 2] = False  # nothing to attend to
+    mask_np[0, 0, 1] = False
+    mask_np[0, 0, 1, 7:] = True  # only future keys: nothing to attend to when causal
     mask = jnp.asarray(mask_np)
+  # In causal query blocks a padding query averages fewer values than the library's (all of
+  # them); its output is padding, and training gives it no weight, so here neither does the loss.
+  sees_none = np.zeros((2, queries), bool)
+  if with_mask and is_causal and query_block < queries:
+    visible = mask_np & (np.tril(np.ones((queries, 13), bool)) if is_causal else True)
+    sees_none = ~visible.any(-1)[:, 0]
+  weight = jnp.asarray(~sees_none, jnp.float32)[:, :, None, None]
 
   def loss(fn, q, k, v):
-    out = fn(q, k, v, mask=mask, is_causal=is_causal)
+    out = fn(q, k, v, mask=mask, is_causal=is_causal) * weight.astype(dtype)
     return jnp.sum(out.astype(jnp.float32) * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
 
   library = lambda *a, **kw: jax.nn.dot_product_attention(*a, **kw, implementation="xla")
   (_, want), want_grads = jax.value_and_grad(lambda *a: loss(library, *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
-  (_, got), got_grads = jax.value_and_grad(lambda *a: loss(attention.attend_einsum, *a), argnums=(0, 1, 2),
-                                           has_aux=True)(q, k, v)
+  einsum = functools.partial(attention.attend_einsum, query_block=query_block)
+  (_, got), got_grads = jax.value_and_grad(lambda *a: loss(einsum, *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
   assert got.dtype == dtype and got.shape == want.shape
   tol = 2e-2 if dtype == jnp.bfloat16 else 2e-5
   np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol)

@@ -77,23 +77,53 @@ def attend(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, *, mask: Optional[jax.Array], is_
 _MASKED_SCORE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def attend_einsum(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, *, mask: Optional[jax.Array], is_causal: bool) -> jax.Array:
+# Causal attention on the einsum path splits the queries into blocks of this many, each scoring
+# only the keys up to its own end: at 128 tokens (two blocks) a quarter of the scores and their
+# softmax are never computed, and the tiny GPT's attention runs 1.7x faster forward + backward on
+# 2 CPU cores. Smaller blocks skip more but make more, smaller matmuls (32 measured no faster).
+CAUSAL_QUERY_BLOCK = 64
+
+
+def attend_einsum(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, *, mask: Optional[jax.Array], is_causal: bool,
+                  query_block: int = CAUSAL_QUERY_BLOCK) -> jax.Array:
   """The same maths as jax.nn.dot_product_attention (scores and softmax in float32, scale
   1/sqrt(head_dim), `is_causal` lets query t see keys 0..t), laid out heads-major (B, H, T, Dh)
   before the two batched matmuls and with the scale folded into the queries. On XLA:CPU the
-  library's layout makes every batched matmul and its gradient go through transposed copies;
-  this one runs the attention of the tiny GPT 2.7x faster, forward + backward."""
+  library's layout makes every batched matmul and its gradient go through transposed copies.
+
+  Masked scores get a large negative bias added (cheaper on XLA:CPU than selecting them, and
+  the same result: next to the bias a score is below float32's resolution). Causal self-attention
+  runs in query blocks of `query_block` that skip the keys no query of theirs may see; a query
+  that may see no key at all then averages the values up to its block's end rather than all of
+  them (its output is padding either way, and training gives it no weight)."""
   head_dim, t, s = q_BxTxHxDh.shape[-1], q_BxTxHxDh.shape[1], k_BxSxHxDh.shape[1]
   q_BxHxTxDh = jnp.swapaxes(q_BxTxHxDh * jnp.asarray(head_dim ** -0.5, q_BxTxHxDh.dtype), 1, 2)
   k_BxHxSxDh, v_BxHxSxDh = jnp.swapaxes(k_BxSxHxDh, 1, 2), jnp.swapaxes(v_BxSxHxDh, 1, 2)
-  scores_BxHxTxS = jnp.einsum("bhtd,bhsd->bhts", q_BxHxTxDh, k_BxHxSxDh, preferred_element_type=jnp.float32)
-  if is_causal:
-    causal_TxS = jnp.tril(jnp.ones((t, s), bool))
-    mask = causal_TxS if mask is None else mask & causal_TxS
   if mask is not None:
-    scores_BxHxTxS = jnp.where(mask, scores_BxHxTxS, _MASKED_SCORE)
-  probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxDh.dtype)
-  out_BxHxTxDh = jnp.einsum("bhts,bhsd->bhtd", probs_BxHxTxS, v_BxHxSxDh)
+    mask = jnp.broadcast_to(mask, mask.shape[:-2] + (t, s))
+    if is_causal:
+      mask = mask & jnp.tril(jnp.ones((t, s), bool))
+    # Under an additive bias a query that may see no key (padding) would pass gradients to q and
+    # k through its uniform softmax, where the library's select passes none; a zeroed query keeps
+    # the same uniform average and passes none.
+    q_BxHxTxDh = jnp.where(mask.any(-1, keepdims=True), q_BxHxTxDh, 0)
+  skip_future = is_causal and t == s
+  ends = range(query_block, t, query_block) if skip_future else ()
+  blocks = list(zip((0, *ends), (*ends, t)))
+  outs = []
+  for start, end in blocks:
+    keys = end if skip_future else s  # keys past a block's last query are all in its future
+    if mask is not None:
+      block_mask = mask[..., start:end, :keys]
+    else:
+      block_mask = jnp.tril(jnp.ones((end - start, keys), bool), k=start) if is_causal else None
+    scores_BxHxTxS = jnp.einsum("bhtd,bhsd->bhts", q_BxHxTxDh[:, :, start:end], k_BxHxSxDh[:, :, :keys],
+                                preferred_element_type=jnp.float32)
+    if block_mask is not None:
+      scores_BxHxTxS = scores_BxHxTxS + jnp.where(block_mask, 0.0, _MASKED_SCORE)
+    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxDh.dtype)
+    outs.append(jnp.einsum("bhts,bhsd->bhtd", probs_BxHxTxS, v_BxHxSxDh[:, :, :keys]))
+  out_BxHxTxDh = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
   return jnp.swapaxes(out_BxHxTxDh, 1, 2).astype(q_BxTxHxDh.dtype)
 
 
