@@ -33,6 +33,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fmjax import host_memory
+
 FLAGS = flags.FLAGS
 # The jax.named_scope names fmjax's model and train step open, most specific first.
 SCOPES = ("cross_entropy", "output_head", "attention_projections", "attention", "mlp", "layernorm", "optimizer")
@@ -141,6 +143,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # as the trainer does: before jax makes its CPU client
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   if FLAGS.steps < 1 or FLAGS.top < 0:

@@ -16,6 +16,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fmjax import host_memory
+
 FLAGS = flags.FLAGS
 
 
@@ -78,6 +80,7 @@ def define_flags():
 
 
 def main(argv):
+  host_memory.keep_freed_memory()  # before jax makes its CPU client
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, tfds) drown the progress lines
   del argv

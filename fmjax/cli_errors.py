@@ -17,6 +17,8 @@ from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app, flags, logging
 
+from fmjax import host_memory
+
 EXIT_BAD_INPUT = 2
 BAD_INPUT = (ValueError, OSError)
 
@@ -54,6 +56,7 @@ def run(main: Callable[[Sequence[str]], None], define_flags: Callable[[], None],
 
   The flags exist for the call only, so that several tools can run one after another in one
   process (as the tests do) although their flags share names (--workdir, --top_k, --seed)."""
+  host_memory.keep_freed_memory()  # before jax makes its CPU client
   known = set(FLAGS)
   define_flags()
   try:
