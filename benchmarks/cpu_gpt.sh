@@ -58,14 +58,18 @@ run() {
   grep '^{' "$log" | tail -1 | sed "s/^{/{\"others_cores\": $others, /" | tee -a "$LOGS/$name.json" | sed "s/^/$name: /"
 }
 
+# fmjax sets glibc's malloc to keep freed memory (fmjax/host_memory.py); the peer gets the same
+# setting through the environment as a mode of its own ("+keepmem"), and its best counts.
+KEEPMEM=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647
 peer() {
-  local mode=$1 args=(--vocab 384 --seq 128 --layers 4 --heads 4 --dim 128 --batch 32
-                      --steps "$STEPS" --warmup "$WARMUP")
+  local mode=$1 tunables=${2:-} name=peer-$1 args=(--vocab 384 --seq 128 --layers 4 --heads 4 --dim 128 --batch 32
+                                                   --steps "$STEPS" --warmup "$WARMUP")
+  [[ -n $tunables ]] && name+=+keepmem
   [[ $mode == *eager ]] && args+=(--no-compile)
   if [[ $mode == fp32* ]]; then
-    run "peer-$mode" "$TORCH_PYTHON" -c "$NO_AUTOCAST" "$PEER" "${args[@]}"
+    run "$name" env GLIBC_TUNABLES="$tunables" "$TORCH_PYTHON" -c "$NO_AUTOCAST" "$PEER" "${args[@]}"
   else
-    run "peer-$mode" "$TORCH_PYTHON" "$PEER" "${args[@]}"
+    run "$name" env GLIBC_TUNABLES="$tunables" "$TORCH_PYTHON" "$PEER" "${args[@]}"
   fi
 }
 
@@ -73,7 +77,7 @@ echo "cpu: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'); load: $(cut 
 for round in $(seq "$ROUNDS"); do
   run fmjax "$FMJAX_PYTHON" -m fmjax.bench --config experiments/gpt.py:tiny \
       --config.model.dtype=float32 --config.data.segment_ids=False --config.bench.steps="$STEPS" --config.bench.warmup_steps="$WARMUP"
-  for mode in $PEER_MODES; do peer "$mode"; done
+  for mode in $PEER_MODES; do peer "$mode"; peer "$mode" "$KEEPMEM"; done
 done
 
 # Best per side, among runs where other jobs used under 0.25 cores if there are any; the ratio
