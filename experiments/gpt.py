@@ -8,8 +8,8 @@ pydoc topics, byte-level tokens) on a laptop CPU, then sample from it:
 
 Variants (`get_config(arg)`):
   tiny         0.86M params (4 layers, 128 wide), bytes, seq 128, batch 32, 600 steps.
-               Laptop CPU (2 cores): 0.27 s/step, 15k tokens/s, about 3 min in all (the
-               default corpus builds in under a second on first use).
+               Laptop CPU (2 cores): 0.27-0.36 s/step, 11-15k tokens/s, about 4 min in all
+               (the default corpus builds in under a second on first use).
                Measured: validation loss 5.6 -> 1.66 nats/byte at step 600 (2.40 bits per byte;
                a context-free byte model scores 3.43 nats); 2.31 at step 200. Samples are
                Python-flavoured word salad ("import ostring to suplition in the ...").

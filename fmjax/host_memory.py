@@ -6,7 +6,10 @@ that large outside the thread's arena, straight from mmap, and unmaps it when it
 next step then faults in ~80k fresh zeroed pages again. On 2 CPU cores that cost about a quarter
 of the CPU time (kernel time 0.22 of 0.8 CPU-seconds per step). Serving every thread from the
 main heap, with mmap and trimming off, lets the next step reuse the same pages: the tiny GPT's
-step runs 1.4x faster (9.8k -> 14.4k tokens/s, benchmarks/README.md).
+step took 290 instead of 430 ms, 1.45x faster (benchmarks/README.md).
+
+The price: memory the process frees stays with it, so its resident size stays near its peak
+(2.1 GB for the tiny GPT's training run, evaluation included).
 
 This tunes the whole process's malloc, so it applies only where jax will run on the CPU (no
 accelerator plugin installed, or JAX_PLATFORMS=cpu), only with glibc, and only when nothing has
