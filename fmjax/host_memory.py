@@ -15,6 +15,8 @@ This tunes the whole process's malloc, so it applies only where jax will run on 
 accelerator plugin installed, or JAX_PLATFORMS=cpu), only with glibc, and only when nothing has
 turned it off (FMJAX_KEEP_FREED_MEMORY=0). It must run before jax creates its CPU client: a
 thread keeps the arena it first allocated from. The command-line tools call it first thing.
+The test processes do not: with one arena for the many threads of 8 fake devices, the suite ran
+slower (the tests that need it run it in a subprocess).
 """
 
 import ctypes

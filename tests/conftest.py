@@ -11,10 +11,6 @@ jax.config.update("jax_num_cpu_devices", 8)
 # TPU plugin; tests run on CPU, and fmjax.aot compiles for TPU topologies without a TPU backend.
 jax.config.update("jax_platforms", "cpu")
 
-from fmjax import host_memory  # noqa: E402  (after the platform is set: it applies on CPU only)
-
-host_memory.keep_freed_memory()  # as the command-line tools do: steps reuse their scratch memory
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
