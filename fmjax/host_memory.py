@@ -15,9 +15,9 @@ This tunes the whole process's malloc, so it applies only where jax will run on 
 accelerator plugin installed, or JAX_PLATFORMS=cpu), only with glibc, and only when nothing has
 turned it off (FMJAX_KEEP_FREED_MEMORY=0). It must run before jax creates its CPU client: a
 thread keeps the arena it first allocated from. The command-line tools call it first thing.
-The test processes do not: with 8 fake devices' threads sharing one arena, the one file compared
-ran slower (tests/test_contrastive_model.py, 82 against 73 s); test_host_memory.py runs it in
-subprocesses.
+The test processes turn it off (tests/conftest.py): with 8 fake devices' threads sharing one
+arena, the one file compared ran slower (tests/test_contrastive_model.py, 82 against 73 s);
+test_host_memory.py runs it in subprocesses.
 """
 
 import ctypes

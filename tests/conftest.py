@@ -1,6 +1,7 @@
 """Every test process sees 8 fake CPU devices, set before JAX initialises its backend."""
 
 import importlib.util
+import os
 import pathlib
 import sys
 
@@ -10,6 +11,9 @@ jax.config.update("jax_num_cpu_devices", 8)
 # With libtpu installed (the `tpu` extra, for fmjax.aot) every backend start would also try the
 # TPU plugin; tests run on CPU, and fmjax.aot compiles for TPU topologies without a TPU backend.
 jax.config.update("jax_platforms", "cpu")
+# The command-line tools, run in this process by many tests, would set glibc's malloc to one arena
+# for every thread (fmjax/host_memory.py); tests/test_host_memory.py checks that in subprocesses.
+os.environ["FMJAX_KEEP_FREED_MEMORY"] = "0"
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

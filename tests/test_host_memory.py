@@ -30,7 +30,7 @@ print(applied, sorted(faults)[10])
 
 
 def faults_per_call(mode: str, **env) -> tuple[bool, float]:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "FMJAX_KEEP_FREED_MEMORY": "1", **env}
   out = subprocess.run([sys.executable, "-c", _FAULTS_PER_CALL, mode], env=env, capture_output=True,
                        text=True, timeout=300, check=True).stdout.split()
   return out[-2] == "True", float(out[-1])
