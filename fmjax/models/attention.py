@@ -117,14 +117,62 @@ def attend_einsum(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, *, mask: Optional[jax.Arra
       block_mask = mask[..., start:end, :keys]
     else:
       block_mask = jnp.tril(jnp.ones((end - start, keys), bool), k=start) if is_causal else None
-    scores_BxHxTxS = jnp.einsum("bhtd,bhsd->bhts", q_BxHxTxDh[:, :, start:end], k_BxHxSxDh[:, :, :keys],
-                                preferred_element_type=jnp.float32)
-    if block_mask is not None:
-      scores_BxHxTxS = scores_BxHxTxS + jnp.where(block_mask, 0.0, _MASKED_SCORE)
-    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxDh.dtype)
-    outs.append(jnp.einsum("bhts,bhsd->bhtd", probs_BxHxTxS, v_BxHxSxDh[:, :, :keys]))
+    bias = None if block_mask is None else jnp.where(block_mask, 0.0, _MASKED_SCORE)
+    outs.append(_softmax_attention(q_BxHxTxDh[:, :, start:end], k_BxHxSxDh[:, :, :keys],
+                                   v_BxHxSxDh[:, :, :keys], bias))
   out_BxHxTxDh = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
   return jnp.swapaxes(out_BxHxTxDh, 1, 2).astype(q_BxTxHxDh.dtype)
+
+
+def _probabilities(q_BxHxTxDh, k_BxHxSxDh, bias):
+  scores_BxHxTxS = jnp.einsum("bhtd,bhsd->bhts", q_BxHxTxDh, k_BxHxSxDh, preferred_element_type=jnp.float32)
+  if bias is not None:
+    scores_BxHxTxS = scores_BxHxTxS + bias
+  return jax.nn.softmax(scores_BxHxTxS, axis=-1)
+
+
+def _transposed_product(a_BxHxTxM, b_BxHxTxN):
+  """einsum('bhtm,bhtn->bhmn') as a dot whose left operand contracts its minor dimension.
+
+  Left alone, XLA folds any transpose into the dot's dimension numbers, so the left operand
+  contracts over its major dimension; XLA:CPU's fast matmul library (YNNPACK) rejects that form
+  and its fallback runs these attention-gradient matmuls 2-3x slower. The barriers keep the
+  transposed copy of `a` and the (M, N) product as written. Elsewhere they only fix the order."""
+  a_BxHxMxT = jax.lax.optimization_barrier(jnp.swapaxes(a_BxHxTxM, 2, 3))
+  return jax.lax.optimization_barrier(jnp.einsum("bhmt,bhtn->bhmn", a_BxHxMxT, b_BxHxTxN))
+
+
+@jax.custom_vjp
+def _softmax_attention(q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh, bias):
+  """softmax(q k^T + bias) v for queries already scaled, heads-major; `bias` (broadcastable to
+  (B, H, T, S), float32) or None. The gradient is written out (`_softmax_attention_bwd`)."""
+  probs_BxHxTxS = _probabilities(q_BxHxTxDh, k_BxHxSxDh, bias)
+  return jnp.einsum("bhts,bhsd->bhtd", probs_BxHxTxS.astype(v_BxHxSxDh.dtype), v_BxHxSxDh)
+
+
+def _softmax_attention_fwd(q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh, bias):
+  probs_BxHxTxS = _probabilities(q_BxHxTxDh, k_BxHxSxDh, bias)
+  out_BxHxTxDh = jnp.einsum("bhts,bhsd->bhtd", probs_BxHxTxS.astype(v_BxHxSxDh.dtype), v_BxHxSxDh)
+  return out_BxHxTxDh, (q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh, bias, probs_BxHxTxS, out_BxHxTxDh)
+
+
+def _softmax_attention_bwd(residuals, d_out_BxHxTxDh):
+  """The softmax gradient P * (dP - rowsum(dP * P)) with the row sum taken as rowsum(dO * O)
+  (the two are equal): a reduction over head_dim instead of over every key, as flash attention
+  does. The two products that contract over queries go through `_transposed_product`."""
+  q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh, bias, probs_BxHxTxS, out_BxHxTxDh = residuals
+  dtype = q_BxHxTxDh.dtype
+  d_probs_BxHxTxS = jnp.einsum("bhtd,bhsd->bhts", d_out_BxHxTxDh, v_BxHxSxDh, preferred_element_type=jnp.float32)
+  row_BxHxTx1 = jnp.sum(d_out_BxHxTxDh.astype(jnp.float32) * out_BxHxTxDh.astype(jnp.float32), -1, keepdims=True)
+  d_scores_BxHxTxS = (probs_BxHxTxS * (d_probs_BxHxTxS - row_BxHxTx1)).astype(dtype)
+  d_q_BxHxTxDh = jnp.einsum("bhts,bhsd->bhtd", d_scores_BxHxTxS, k_BxHxSxDh)
+  d_k_BxHxSxDh = jnp.swapaxes(_transposed_product(q_BxHxTxDh, d_scores_BxHxTxS), 2, 3)
+  d_v_BxHxSxDh = jnp.swapaxes(_transposed_product(d_out_BxHxTxDh, probs_BxHxTxS.astype(dtype)), 2, 3)
+  d_bias = None if bias is None else jnp.zeros_like(bias)  # masks are data: nothing flows back
+  return d_q_BxHxTxDh, d_k_BxHxSxDh, d_v_BxHxSxDh, d_bias
+
+
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 def attend_padded(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, *, mask: Optional[jax.Array], is_causal: bool,
