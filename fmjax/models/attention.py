@@ -95,7 +95,8 @@ def attend_einsum(q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, *, mask: Optional[jax.Arra
   the same result: next to the bias a score is below float32's resolution). Causal self-attention
   runs in query blocks of `query_block` that skip the keys no query of theirs may see; a query
   that may see no key at all then averages the values up to its block's end rather than all of
-  them (its output is padding either way, and training gives it no weight)."""
+  them (its output is padding either way, and training gives it no weight). Each block's
+  softmax attention has its gradient written out (`_softmax_attention`)."""
   head_dim, t, s = q_BxTxHxDh.shape[-1], q_BxTxHxDh.shape[1], k_BxSxHxDh.shape[1]
   q_BxHxTxDh = jnp.swapaxes(q_BxTxHxDh * jnp.asarray(head_dim ** -0.5, q_BxTxHxDh.dtype), 1, 2)
   k_BxHxSxDh, v_BxHxSxDh = jnp.swapaxes(k_BxSxHxDh, 1, 2), jnp.swapaxes(v_BxSxHxDh, 1, 2)
