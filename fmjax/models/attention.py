@@ -17,12 +17,19 @@ def resolve_implementation(name: str) -> str:
   """'auto' picks cuDNN's fused kernel on GPUs (an order of magnitude faster than XLA's at
   GPT-2 sizes), fmjax's own heads-major einsums on CPU (`attend_einsum`: 2.7x jax's XLA path
   forward + backward at the tiny GPT's sizes on 2 cores), and jax's XLA path on TPU. cuDNN raises
-  on CPU and TPU, so it is never the default there."""
+  on CPU and TPU, so it is never the default there. The platform is that of the mesh in use
+  (`jax.set_mesh`), so a step compiled ahead of time for TPU chips on a CPU host (fmjax.aot)
+  gets the TPU's choice; without a mesh, jax's default backend."""
   if name not in IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {name!r}: choose one of {IMPLEMENTATIONS}")
   if name == "auto":
-    return {"gpu": "cudnn", "cpu": "einsum"}.get(jax.default_backend(), "xla")
+    return {"gpu": "cudnn", "cpu": "einsum"}.get(_target_platform(), "xla")
   return name
+
+
+def _target_platform() -> str:
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  return getattr(device, "platform", None) or jax.default_backend()
 
 
 def segment_mask(query_segments_BxT: jax.Array, key_segments_BxS: jax.Array) -> jax.Array:
