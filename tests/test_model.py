@@ -240,3 +240,14 @@ def test_auto_attention_is_einsum_on_cpu():
   assert attention.resolve_implementation("auto") == "einsum"
   with pytest.raises(ValueError, match="choose one of"):
     attention.resolve_implementation("flash")
+
+
+def test_auto_attention_follows_the_meshs_platform(monkeypatch):
+  """A step traced for TPU chips on a CPU host (fmjax.aot) gets the TPU's attention path."""
+  cpu_mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+  with jax.set_mesh(cpu_mesh):
+    assert jax.jit(lambda: jnp.asarray(attention.resolve_implementation("auto") == "einsum"))()
+  device = lambda platform: type("Mesh", (), {"abstract_device": type("Device", (), {"platform": platform})()})()
+  for platform, want in (("tpu", "xla"), ("gpu", "cudnn"), ("cpu", "einsum")):
+    monkeypatch.setattr(jax.sharding, "get_abstract_mesh", lambda platform=platform: device(platform))
+    assert attention.resolve_implementation("auto") == want
