@@ -154,8 +154,7 @@ def _transposed_product(a_BxHxTxM, b_BxHxTxN):
 def _softmax_attention(q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh, bias):
   """softmax(q k^T + bias) v for queries already scaled, heads-major; `bias` (broadcastable to
   (B, H, T, S), float32) or None. The gradient is written out (`_softmax_attention_bwd`)."""
-  probs_BxHxTxS = _probabilities(q_BxHxTxDh, k_BxHxSxDh, bias)
-  return jnp.einsum("bhts,bhsd->bhtd", probs_BxHxTxS.astype(v_BxHxSxDh.dtype), v_BxHxSxDh)
+  return _softmax_attention_fwd(q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh, bias)[0]
 
 
 def _softmax_attention_fwd(q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh, bias):
