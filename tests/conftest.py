@@ -1,12 +1,9 @@
 """Every test process sees 8 fake CPU devices, set before JAX initialises its backend."""
 
-import atexit
 import importlib.util
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 
 import jax
 
@@ -17,13 +14,6 @@ jax.config.update("jax_platforms", "cpu")
 # The command-line tools, run in this process by many tests, would set glibc's malloc to one arena
 # for every thread (fmjax/host_memory.py); tests/test_host_memory.py checks that in subprocesses.
 os.environ["FMJAX_KEEP_FREED_MEMORY"] = "0"
-# Many tests train, resume or evaluate the same small configs, and each run jits its own step:
-# identical programs, compiled again and again. JAX's persistent compilation cache, one per test
-# session, loads the repeats instead (in this process only; subprocesses compile as users' runs
-# do). tests/test_step_loop.py counts cache hits as compiles, so a recompile still shows.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="fmjax-tests-compilation-cache-")
-jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
-atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

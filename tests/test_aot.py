@@ -31,15 +31,6 @@ requires_libtpu = pytest.mark.skipif(
            "(jax[tpu] at the installed jax version)")
 
 
-@pytest.fixture(autouse=True)
-def _compiled_not_loaded():
-  """Every TPU step here is compiled by libtpu, never loaded from the tests' compilation cache
-  (tests/conftest.py): the reports under test read the compiler's own analyses."""
-  jax.config.update("jax_enable_compilation_cache", False)
-  yield
-  jax.config.update("jax_enable_compilation_cache", True)
-
-
 def _experiment_targets() -> list:
   """(file stem, variant) of every experiment variant that names a topology."""
   targets = []
